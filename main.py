@@ -1,0 +1,1224 @@
+"""claude-code-openai-proxy: the Claude Code CLI behind an OpenAI-compatible API.
+
+OpenAI clients (the openai SDKs, OpenClaw, Continue, LangChain, Cursor) post Chat Completions requests; each request
+becomes one agentic Claude Code run with its own tools:
+
+    OpenAI request -> build_prompt -> claude -p (stream-json on stdin) -> stream-json events -> SSE chunks | completion
+
+Run it with ``./run.sh`` (or ``python main.py --help`` for every setting; each flag has an environment variable).
+It listens on 127.0.0.1:18880 by default. Claude Code runs with permissions skipped unless CLAUDE_PERMISSION_MODE
+says otherwise, so the proxy is a remote shell for whoever can reach it: it refuses to listen beyond loopback
+without CLAUDE_PROXY_TOKEN.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import hmac
+import ipaddress
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import psutil
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+__version__ = "0.1.0"
+logger = logging.getLogger("claude_proxy")
+
+
+# ── 1. Configuration ─────────────────────────────────────────────────────
+
+
+def setting(env: str, default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    """A Settings field read from the environment variable `env` or the matching --flag."""
+    return field(default=default, metadata={"env": env, "help": help, "choices": choices})
+
+
+@dataclass(frozen=True)
+class Settings:
+    claude_bin: str = setting("CLAUDE_BIN", "", "Claude Code CLI; empty: PATH, then the usual install places")
+    host: str = setting("PROXY_HOST", "127.0.0.1", "address to listen on; beyond loopback needs a token")
+    port: int = setting("PROXY_PORT", 18880, "port to listen on")
+    token: str = setting("CLAUDE_PROXY_TOKEN", "", "bearer token clients must send (Authorization or x-api-key)")
+    model_name: str = setting("MODEL_NAME", "claude-code", "model id that means the CLI's own default model")
+    max_turns: int = setting("CLAUDE_MAX_TURNS", 10, "agent turns per request (--max-turns)")
+    timeout: float = setting("CLAUDE_TIMEOUT", 300.0, "seconds a request may take, queueing included")
+    permission_mode: str = setting(
+        "CLAUDE_PERMISSION_MODE", "bypassPermissions", "Claude Code permission mode",
+        ("bypassPermissions", "default", "acceptEdits", "plan"),
+    )
+    cwd: str = setting("CLAUDE_CWD", "", "working directory for the CLI; empty: a fresh temporary one per run")
+    system_prompt_mode: str = setting(
+        "CLAUDE_SYSTEM_PROMPT_MODE", "append", "where the client's system prompt goes",
+        ("append", "replace", "inline"),
+    )
+    max_concurrency: int = setting("CLAUDE_MAX_CONCURRENCY", 4, "Claude Code runs at once")
+    max_queue: int = setting("CLAUDE_MAX_QUEUE", 16, "requests waiting for a run slot before 429")
+    max_body_bytes: int = setting("PROXY_MAX_BODY_BYTES", 32 << 20, "largest request body accepted")
+    max_line_bytes: int = setting("CLAUDE_MAX_LINE_BYTES", 32 << 20, "largest stream-json line read from the CLI")
+    max_retries: int = setting("CLAUDE_CODE_MAX_RETRIES", 3, "API retries inside Claude Code (its default is 10)")
+    keepalive: float = setting("CLAUDE_KEEPALIVE", 15.0, "seconds of silence before a keep-alive chunk")
+    log_level: str = setting(
+        "PROXY_LOG_LEVEL", "info", "log level", ("debug", "info", "warning", "error"),
+    )
+
+
+MODEL_ALIASES = ("opus", "sonnet", "haiku")
+CLAUDE_INSTALL_PLACES = (
+    "~/.claude/local/claude",
+    "~/.local/bin/claude",
+    "/opt/homebrew/bin/claude",
+    "/usr/local/bin/claude",
+)
+CHILD_ENV_DROPPED = ("CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT", "CLAUDE_PROXY_TOKEN")
+SSE_DONE = "data: [DONE]\n\n"
+STDERR_TAIL_LINES = 40
+STOP_GRACE_S = 2.0
+SYSTEM_PROMPT_FILE_BYTES = 100_000
+
+
+def _parse_bool(text: str) -> bool:
+    return text.strip().lower() in ("1", "true", "yes", "on")
+
+
+SETTING_TYPES: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "bool": _parse_bool, "str": str}
+
+
+def settings_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
+    """An argparse parser with one --flag per Settings field, its default taken from the environment."""
+    parser = argparse.ArgumentParser(
+        prog="main.py",
+        description="Serve the Claude Code CLI as an OpenAI-compatible API. "
+        "Every flag can also be set with the environment variable shown.",
+    )
+    for f in dataclasses.fields(Settings):
+        env, kind = f.metadata["env"], str(f.type)
+        default = environ.get(env, f.default)  # argparse converts (and checks) string defaults with `type`
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"), dest=f.name, default=default, choices=f.metadata["choices"],
+            type=SETTING_TYPES[kind],
+            help=f"{f.metadata['help']} [env {env}, default {f.default!r}]",
+        )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return parser
+
+
+def load_settings(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from flags, then environment variables, then defaults."""
+    parser = settings_parser(os.environ if environ is None else environ)
+    return Settings(**vars(parser.parse_args(argv)))
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def find_claude(configured: str) -> str | None:
+    """The Claude Code executable: the configured one, else PATH, else the usual install places."""
+    if configured:
+        path = shutil.which(os.path.expanduser(configured))
+        return os.path.abspath(path) if path else None
+    found = shutil.which("claude")
+    if found:
+        return os.path.abspath(found)
+    for place in CLAUDE_INSTALL_PLACES:
+        candidate = os.path.expanduser(place)
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+# ── 2. OpenAI protocol models ────────────────────────────────────────────
+# https://platform.openai.com/docs/api-reference/chat/create
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ImageURL(_Lenient):
+    url: str
+    detail: str | None = None
+
+
+class ContentPart(_Lenient):
+    type: str
+    text: str | None = None
+    image_url: ImageURL | None = None
+
+
+class FunctionCall(_Lenient):
+    name: str
+    arguments: str = ""
+
+
+class ToolCall(_Lenient):
+    id: str
+    type: str = "function"
+    function: FunctionCall
+
+
+class ChatMessage(_Lenient):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+
+class StreamOptions(_Lenient):
+    include_usage: bool = False
+
+
+class ChatRequest(_Lenient):
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    # Accepted and ignored: Claude Code has no knob for them.
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+
+
+IGNORED_HINTS = (
+    "temperature", "top_p", "seed", "user", "store", "metadata", "max_tokens", "max_completion_tokens",
+    "reasoning_effort", "parallel_tool_calls", "prompt_cache_key", "frequency_penalty", "presence_penalty", "stop",
+)
+
+
+# ── 3. Errors ────────────────────────────────────────────────────────────
+
+
+class ProxyError(Exception):
+    """An error with its OpenAI envelope: HTTP status, type, code, and whether a retry may help."""
+
+    status = 500
+    type = "server_error"
+    code: str | None = None
+    retryable = False
+
+    def __init__(
+        self, message: str, *, param: str | None = None, code: str | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code or self.code
+        self.retry_after = retry_after
+
+
+class InvalidRequest(ProxyError):
+    status, type, code = 400, "invalid_request_error", "invalid_value"
+
+
+class UnsupportedParameter(InvalidRequest):
+    code = "unsupported_parameter"
+
+
+class Unauthorized(ProxyError):
+    status, type, code = 401, "authentication_error", "invalid_api_key"
+
+
+class NotFound(ProxyError):
+    status, type, code = 404, "invalid_request_error", "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class PayloadTooLarge(ProxyError):
+    status, type, code = 413, "invalid_request_error", "request_too_large"
+
+
+class UnsupportedMediaType(ProxyError):
+    status, type, code = 415, "invalid_request_error", "unsupported_media_type"
+
+
+class Overloaded(ProxyError):
+    status, type, code, retryable = 429, "rate_limit_error", "rate_limit_exceeded", True
+
+
+class ClaudeNotFound(ProxyError):
+    status, type, code = 503, "service_unavailable_error", "claude_not_found"
+
+
+class ShuttingDown(ProxyError):
+    status, type, code, retryable = 503, "service_unavailable_error", "shutting_down", True
+
+
+class ClaudeFailed(ProxyError):
+    status, type, code = 502, "api_error", "claude_failed"
+
+
+class UpstreamError(ClaudeFailed):
+    code = "upstream_error"
+
+
+class UpstreamAuthError(ClaudeFailed):
+    type, code = "authentication_error", "claude_not_authenticated"
+
+
+class UpstreamRateLimited(UpstreamError):
+    status, type, code = 429, "rate_limit_error", "upstream_rate_limited"
+
+
+class UpstreamOverloaded(UpstreamError):
+    status, type, code = 503, "service_unavailable_error", "upstream_overloaded"
+
+
+class RunTimeout(ProxyError):
+    status, type, code = 504, "timeout_error", "timeout"
+
+
+def error_envelope(exc: ProxyError) -> dict[str, Any]:
+    """The one OpenAI error body: {"error": {"message", "type", "param", "code"}}."""
+    return {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}}
+
+
+def error_headers(exc: ProxyError) -> dict[str, str]:
+    # The OpenAI SDKs retry 429 and 5xx unless told not to; re-running an agent can repeat its side effects.
+    headers = {"x-should-retry": "true" if exc.retryable else "false"}
+    if exc.retry_after is not None:
+        headers["retry-after"] = str(max(1, math.ceil(exc.retry_after)))
+    return headers
+
+
+def validation_error(exc: ValidationError | RequestValidationError) -> InvalidRequest:
+    """The first pydantic error as a 400 naming the offending parameter."""
+    first = exc.errors()[0]
+    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    param = ".".join(loc) or None
+    return InvalidRequest(f"Invalid request: {first.get('msg', 'invalid value')} at '{param}'", param=param)
+
+
+# ── 4. Prompt building ───────────────────────────────────────────────────
+
+
+@dataclass(frozen=True)
+class Prompt:
+    system: str | None
+    text: str
+
+
+def part_text(part: ContentPart, where: str) -> str:
+    """The text of one content part; any other kind of part is refused, naming it."""
+    if part.type in ("text", "input_text") and part.text is not None:
+        return part.text
+    raise InvalidRequest(f"Unsupported content part type '{part.type}' in {where}", param=where)
+
+
+def content_text(content: str | list[ContentPart] | None, where: str) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(part_text(part, f"{where}.content[{i}]") for i, part in enumerate(content))
+
+
+def system_text(messages: list[ChatMessage]) -> str | None:
+    """The system and developer messages joined, or None when there are none."""
+    texts = [
+        content_text(m.content, f"messages[{i}]")
+        for i, m in enumerate(messages)
+        if m.role in ("system", "developer")
+    ]
+    joined = "\n\n".join(t for t in texts if t)
+    return joined or None
+
+
+def render_turn(message: ChatMessage, where: str) -> str:
+    """One conversation turn in the transcript format of build_prompt."""
+    text = content_text(message.content, where)
+    if message.role == "assistant":
+        calls = [
+            f'<tool_call id="{c.id}" name="{c.function.name}">{c.function.arguments or "{}"}</tool_call>'
+            for c in message.tool_calls or []
+        ]
+        return "<assistant>\n" + "\n".join(x for x in (text, *calls) if x) + "\n</assistant>"
+    if message.role in ("tool", "function"):
+        ref = message.tool_call_id or message.name or ""
+        return f'<tool_result tool_call_id="{ref}">\n{text}\n</tool_result>'
+    return f"<user>\n{text}\n</user>"
+
+
+def build_prompt(messages: list[ChatMessage], system_mode: str) -> Prompt:
+    """Merge an OpenAI conversation into a system prompt and one user prompt for Claude Code.
+
+    A conversation that is one user turn is sent as its text. Longer ones become a transcript:
+
+        <conversation>
+        <user>…</user>
+        <assistant>…<tool_call id="…" name="…">{json}</tool_call></assistant>
+        <tool_result tool_call_id="…">…</tool_result>
+        </conversation>
+
+        <the final user turn(s), verbatim>
+
+    When the conversation does not end with a user turn, the transcript holds everything and a short request to
+    continue follows. In "inline" mode the system text leads the prompt inside <instructions> tags.
+    """
+    system = system_text(messages)
+    turns = [(i, m) for i, m in enumerate(messages) if m.role not in ("system", "developer")]
+    if not any(m.role == "user" for _, m in turns):
+        raise InvalidRequest("The conversation has no user message", param="messages")
+    split = len(turns)
+    while split > 0 and turns[split - 1][1].role == "user":
+        split -= 1
+    final = "\n\n".join(content_text(m.content, f"messages[{i}]") for i, m in turns[split:])
+    if split > 0:
+        history = "\n".join(render_turn(m, f"messages[{i}]") for i, m in turns[:split])
+        tail = final or "Continue the conversation above from where it ends."
+        final = f"<conversation>\n{history}\n</conversation>\n\n{tail}"
+    if system is not None and system_mode == "inline":
+        return Prompt(None, f"<instructions>\n{system}\n</instructions>\n\n{final}")
+    return Prompt(system, final)
+
+
+def resolve_model(requested: str, settings: Settings) -> str | None:
+    """The --model value for a requested id (None: the CLI's default); unknown ids raise ModelNotFound."""
+    if requested == settings.model_name:
+        return None
+    if requested in MODEL_ALIASES or requested.startswith("claude-"):
+        return requested
+    valid = ", ".join((settings.model_name, *MODEL_ALIASES, "claude-*"))
+    raise ModelNotFound(
+        f"The model '{requested}' does not exist. Valid ids: {valid}", param="model"
+    )
+
+
+def check_request(req: ChatRequest) -> list[str]:
+    """Refuse what would silently change meaning; return the hint fields that will be ignored."""
+    if req.n is not None and req.n > 1:
+        raise InvalidRequest("Only n=1 is supported", param="n", code="unsupported_value")
+    if req.logprobs or req.top_logprobs:
+        raise UnsupportedParameter("logprobs are not available from Claude Code", param="logprobs")
+    present = req.model_fields_set | set(req.model_extra or {})
+    return sorted(name for name in present if name in IGNORED_HINTS or name in (req.model_extra or {}))
+
+
+# ── 5. Claude Code runner ────────────────────────────────────────────────
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What is fixed when a Claude Code process starts (a warm process can serve requests with an equal Launch)."""
+
+    model: str | None = None
+    system_prompt: str | None = None
+    cwd: str | None = None
+
+
+def build_argv(claude_bin: str, settings: Settings, launch: Launch, system_prompt_file: str | None = None) -> list[str]:
+    """The CLI's argv. The prompt is never in it: it goes on stdin as stream-json.
+
+    Caller-controlled values use --flag=value so that a value starting with '-' cannot become a flag
+    (CLI 2.1.197 parses any such argv word as an option).
+    """
+    argv = [
+        claude_bin, "-p",
+        "--input-format=stream-json", "--output-format=stream-json", "--verbose", "--include-partial-messages",
+        f"--max-turns={settings.max_turns}", f"--permission-mode={settings.permission_mode}",
+        "--no-session-persistence",
+    ]
+    if launch.model:
+        argv.append(f"--model={launch.model}")
+    if launch.system_prompt is not None:
+        flag = "--system-prompt" if settings.system_prompt_mode == "replace" else "--append-system-prompt"
+        if system_prompt_file:
+            argv.append(f"{flag}-file={system_prompt_file}")
+        else:
+            argv.append(f"{flag}={launch.system_prompt}")
+    return argv
+
+
+def child_env(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:
+    """The CLI's environment: ours, minus what would confuse a nested CLI or leak the proxy token."""
+    env = {k: v for k, v in environ.items() if k not in CHILD_ENV_DROPPED}
+    env.setdefault("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
+    env["CLAUDE_CODE_MAX_RETRIES"] = str(settings.max_retries)
+    return env
+
+
+def user_message(text: str) -> bytes:
+    """One stream-json input line carrying a user turn."""
+    message = {"type": "user", "message": {"role": "user", "content": [{"type": "text", "text": text}]}}
+    return json.dumps(message, ensure_ascii=False).encode() + b"\n"
+
+
+def parse_event(line: bytes) -> dict[str, Any] | None:
+    """A stream-json event, or None for a blank or non-JSON line (the CLI may print stray text)."""
+    line = line.strip()
+    if not line.startswith(b"{"):
+        return None
+    try:
+        event = json.loads(line)
+    except ValueError:
+        logger.debug("skipping a line that is not JSON: %.200r", line)
+        return None
+    return event if isinstance(event, dict) else None
+
+
+def _descendants(pid: int) -> set[psutil.Process]:
+    try:
+        return set(psutil.Process(pid).children(recursive=True))
+    except psutil.Error:
+        return set()
+
+
+def _kill_all(processes: set[psutil.Process]) -> None:
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            process.kill()  # psutil checks the pid still names the same process before signalling
+
+
+class ClaudeProcess:
+    """One Claude Code CLI process reading stream-json on stdin and writing stream-json on stdout.
+
+    Events are read by a background task into a queue, so waiting for one can time out (keep-alives, deadlines)
+    without losing a partial line, and a process that dies while idle is noticed.
+    """
+
+    def __init__(self, proc: asyncio.subprocess.Process, workdir: str | None, max_line_bytes: int) -> None:
+        self.proc = proc
+        self.workdir = workdir
+        self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+        self._events: asyncio.Queue[dict[str, Any] | ProxyError | None] = asyncio.Queue()
+        self._readers = [
+            asyncio.create_task(self._read_stdout(max_line_bytes)),
+            asyncio.create_task(self._read_stderr()),
+        ]
+        self._stopping: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def spawn(cls, argv: list[str], env: dict[str, str], cwd: str, workdir: str | None,
+                    max_line_bytes: int) -> ClaudeProcess:
+        """Start the CLI in its own session, so signals meant for the proxy's terminal do not reach it."""
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, cwd=cwd, env=env, start_new_session=True,
+            )
+        except (FileNotFoundError, PermissionError) as exc:
+            raise ClaudeNotFound(f"Cannot run the Claude Code CLI at {argv[0]}: {exc}. Set CLAUDE_BIN.") from exc
+        except OSError as exc:
+            raise ClaudeFailed(f"Cannot start the Claude Code CLI: {exc}") from exc
+        return cls(proc, workdir, max_line_bytes)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.returncode is None and self._stopping is None
+
+    async def send(self, line: bytes, *, close: bool = False) -> None:
+        """Write one stream-json line (and close stdin after it when `close`)."""
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(line)
+            await self.proc.stdin.drain()
+            if close:
+                self.proc.stdin.close()
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise await self.failure() from exc
+
+    async def next_event(self) -> dict[str, Any] | None:
+        """The next event; None once stdout has ended."""
+        item = await self._events.get()
+        if item is None:
+            self._events.put_nowait(None)
+        if isinstance(item, ProxyError):
+            raise item
+        return item
+
+    async def failure(self) -> ProxyError:
+        """Why the process ended without a result, from its exit code and the end of its stderr."""
+        if self._stopping is not None:
+            return ShuttingDown("The run was stopped: the proxy is shutting down", retry_after=5)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.proc.wait(), STOP_GRACE_S)
+        await asyncio.wait({self._readers[1]}, timeout=0.5)
+        stderr = "\n".join(self.stderr_tail).strip()
+        code = self.proc.returncode
+        message = f"Claude Code exited with code {code}" + (f": {stderr}" if stderr else " without a result")
+        if "root/sudo" in stderr:
+            message += (
+                " — skipping permissions as root needs IS_SANDBOX=1 in the service environment (containers and"
+                " sandboxes only), or set CLAUDE_PERMISSION_MODE=acceptEdits"
+            )
+        return ClaudeFailed(message)
+
+    async def _read_stdout(self, max_line_bytes: int) -> None:
+        # Our own line framing: one tool result can be many MiB, beyond asyncio's 64 KiB readline limit.
+        assert self.proc.stdout is not None
+        buffer = bytearray()
+        try:
+            while chunk := await self.proc.stdout.read(1 << 16):
+                buffer += chunk
+                *lines, rest = buffer.split(b"\n")
+                buffer = bytearray(rest)
+                for line in lines:
+                    if (event := parse_event(line)) is not None:
+                        self._events.put_nowait(event)
+                if len(buffer) > max_line_bytes:
+                    self._events.put_nowait(ClaudeFailed(
+                        f"Claude Code wrote a line over {max_line_bytes} bytes; raise CLAUDE_MAX_LINE_BYTES"
+                    ))
+                    return
+            if (event := parse_event(bytes(buffer))) is not None:
+                self._events.put_nowait(event)
+        finally:
+            self._events.put_nowait(None)
+
+    async def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        async for line in self.proc.stderr:
+            self.stderr_tail.append(line.decode(errors="replace").rstrip())
+
+    async def stop(self) -> None:
+        """Stop the process and every process it started; safe to call twice and from a cancelled task."""
+        if self._stopping is None:
+            self._stopping = asyncio.get_running_loop().create_task(self._terminate())
+        await asyncio.shield(self._stopping)
+
+    async def _terminate(self) -> None:
+        # Claude Code's Bash tool runs commands under setsid, outside our process group, and they are re-parented
+        # when the CLI dies: note the whole tree before any signal. SIGINT first: the CLI then ends its own tool
+        # processes (SIGTERM/SIGKILL of the CLI orphan them, measured on CLI 2.1.197).
+        tree = _descendants(self.pid)
+        with contextlib.suppress(OSError):
+            if self.proc.stdin is not None and not self.proc.stdin.is_closing():
+                self.proc.stdin.close()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+            if self.proc.returncode is not None:
+                break
+            tree |= _descendants(self.pid)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if sig == signal.SIGINT:
+                    self.proc.send_signal(sig)
+                else:
+                    os.killpg(self.pid, sig)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.proc.wait(), STOP_GRACE_S if sig == signal.SIGINT else 1.0)
+        _kill_all(tree)
+        await asyncio.wait(self._readers, timeout=1.0)
+        for reader in self._readers:
+            reader.cancel()
+        if self.workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    async def finish(self) -> None:
+        """Let a process whose work is done exit on its own (stdin closed), then clean up after it."""
+        tree = _descendants(self.pid)
+        with contextlib.suppress(OSError):
+            if self.proc.stdin is not None and not self.proc.stdin.is_closing():
+                self.proc.stdin.close()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self.proc.wait()), 1.0)
+        _kill_all(tree | _descendants(self.pid))
+        await self.stop()
+
+
+class Admission:
+    """At most `running` runs at once and `waiting` in line; beyond that, Overloaded."""
+
+    def __init__(self, running: int, waiting: int) -> None:
+        self._slots = asyncio.Semaphore(running)
+        self._waiting = 0
+        self._max_waiting = waiting
+
+    async def acquire(self) -> None:
+        if self._slots.locked() and self._waiting >= self._max_waiting:
+            raise Overloaded("Too many requests in flight; try again shortly", retry_after=5)
+        self._waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._waiting -= 1
+
+    def release(self) -> None:
+        self._slots.release()
+
+
+def result_error(result: dict[str, Any], retry_delay_s: float | None, used_tools: bool) -> ProxyError:
+    """The ProxyError for a CLI result with is_error (the CLI says "success" for API errors, so is_error rules)."""
+    status = result.get("api_error_status")
+    message = result.get("result") or "; ".join(result.get("errors") or []) or "Claude Code reported an error"
+    error: ProxyError
+    if status in (401, 403):
+        error = upstream_auth_error(str(message))
+    elif status == 429:
+        error = UpstreamRateLimited(str(message), retry_after=retry_delay_s or 30)
+    elif status == 529 or "overloaded" in str(message).lower():
+        error = UpstreamOverloaded(str(message), retry_after=retry_delay_s or 30)
+    elif status is not None:
+        error = UpstreamError(str(message))
+    else:
+        error = ClaudeFailed(str(message))
+    error.retryable = isinstance(status, int) and (status == 429 or status >= 500) and not used_tools
+    return error
+
+
+def upstream_auth_error(detail: str) -> UpstreamAuthError:
+    return UpstreamAuthError(
+        f"Claude Code is not authenticated ({detail}). Run `claude` once and log in as the user the proxy runs as,"
+        " or give the service CLAUDE_CODE_OAUTH_TOKEN (from `claude setup-token`) or ANTHROPIC_API_KEY."
+    )
+
+
+class Run:
+    """One request's use of a Claude Code process: its events, checked, until the result or the deadline."""
+
+    def __init__(self, process: ClaudeProcess, deadline: float, release: Callable[[Run], Awaitable[None]]) -> None:
+        self.process = process
+        self.deadline = deadline
+        self.done = False
+        self.used_tools = False
+        self._release = release
+        self._backlog: deque[dict[str, Any]] = deque()
+        self._retry_delay_s: float | None = None
+        self._closed = False
+
+    async def _next(self, wait: float | None) -> dict[str, Any] | None:
+        """The next checked event; None when `wait` seconds pass first."""
+        remaining = self.deadline - time.monotonic()
+        limit = remaining if wait is None else min(wait, remaining)
+        try:
+            event = await asyncio.wait_for(self.process.next_event(), max(limit, 0))
+        except asyncio.TimeoutError:
+            if time.monotonic() >= self.deadline:
+                raise RunTimeout("Claude Code did not finish within CLAUDE_TIMEOUT") from None
+            return None
+        if event is None:
+            raise await self.process.failure()
+        return self._check(event)
+
+    def _check(self, event: dict[str, Any]) -> dict[str, Any]:
+        kind, subtype = event.get("type"), event.get("subtype")
+        if kind == "system" and subtype == "api_retry":
+            self._retry_delay_s = (event.get("retry_delay_ms") or 0) / 1000 or None
+            if event.get("error_status") in (401, 403):
+                # The CLI would retry a bad credential for minutes; it will not get better.
+                raise upstream_auth_error(f"the Anthropic API answered {event['error_status']}")
+        elif kind == "assistant" and any(
+            block.get("type") == "tool_use" for block in event.get("message", {}).get("content", [])
+        ):
+            self.used_tools = True
+        elif kind == "result":
+            self.done = True
+            if event.get("is_error") and event.get("subtype") != "error_max_turns":
+                raise result_error(event, self._retry_delay_s, self.used_tools)
+        return event
+
+    async def prime(self, window: float) -> None:
+        """Wait until the model starts answering (or `window` passes), so early failures become HTTP statuses."""
+        end = time.monotonic() + window
+        while not self.done and (remaining := end - time.monotonic()) > 0:
+            event = await self._next(remaining)
+            if event is None:
+                return
+            self._backlog.append(event)
+            if event.get("type") != "system":
+                return
+
+    async def events(self, idle: float | None = None) -> AsyncIterator[dict[str, Any] | None]:
+        """Checked events up to and including the result; None after every `idle` seconds of silence."""
+        while self._backlog:
+            yield self._backlog.popleft()
+        while not self.done:
+            yield await self._next(idle)
+
+    async def close(self) -> None:
+        """Hand the process back (stopped unless the run completed); idempotent, safe when cancelled."""
+        if not self._closed:
+            self._closed = True
+            await asyncio.shield(self._release(self))
+
+
+class Runner:
+    """Starts, tracks and stops Claude Code processes for the app; the only owner of CLI processes."""
+
+    def __init__(self, settings: Settings, environ: Mapping[str, str]) -> None:
+        self.settings = settings
+        self.env = child_env(settings, environ)
+        self.claude_bin = find_claude(settings.claude_bin)
+        self.claude_version: str | None = None
+        self.admission = Admission(settings.max_concurrency, settings.max_queue)
+        self.live: set[ClaudeProcess] = set()
+        self.closed = False
+
+    def require_claude(self) -> str:
+        self.claude_bin = self.claude_bin or find_claude(self.settings.claude_bin)
+        if self.claude_bin is None:
+            where = f"CLAUDE_BIN={self.settings.claude_bin}" if self.settings.claude_bin else "PATH"
+            raise ClaudeNotFound(
+                f"The Claude Code CLI (claude) was not found in {where} nor in the usual install places. "
+                "Install it (npm install -g @anthropic-ai/claude-code) or set CLAUDE_BIN to its path."
+            )
+        return self.claude_bin
+
+    async def probe(self) -> None:
+        """Note the CLI's version for the health endpoint; a missing CLI is reported, not fatal."""
+        if self.claude_bin is None:
+            logger.warning("Claude Code CLI not found; set CLAUDE_BIN (requests answer 503 until it is found)")
+            return
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self.claude_bin, "--version", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+                env=self.env,
+            )
+            out, _ = await asyncio.wait_for(proc.communicate(), 10)
+            self.claude_version = out.decode().strip() or None
+        except (OSError, asyncio.TimeoutError) as exc:
+            logger.warning("claude --version failed: %s", exc)
+        logger.info("Claude Code CLI: %s (%s)", self.claude_bin, self.claude_version or "version unknown")
+
+    async def spawn(self, launch: Launch) -> ClaudeProcess:
+        """A new CLI process for `launch`, in its own temporary working directory unless one is configured."""
+        claude_bin = self.require_claude()
+        workdir = None if launch.cwd else tempfile.mkdtemp(prefix="claude-proxy-")
+        prompt_file = None
+        if workdir and launch.system_prompt and len(launch.system_prompt.encode()) > SYSTEM_PROMPT_FILE_BYTES:
+            # Linux refuses a single argv string over 128 KiB (E2BIG); the CLI reads a file as well.
+            prompt_file = os.path.join(workdir, ".system-prompt.txt")
+            Path(prompt_file).write_text(launch.system_prompt)
+        argv = build_argv(claude_bin, self.settings, launch, prompt_file)
+        try:
+            process = await ClaudeProcess.spawn(
+                argv, self.env, launch.cwd or workdir or ".", workdir, self.settings.max_line_bytes
+            )
+        except ProxyError:
+            if workdir:
+                shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        self.live.add(process)
+        return process
+
+    async def start(self, launch: Launch, prompt_text: str, deadline: float) -> Run:
+        """Admit, spawn and send the prompt; the returned Run must be closed."""
+        if self.closed:
+            raise ShuttingDown("The proxy is shutting down", retry_after=5)
+        try:
+            await asyncio.wait_for(self.admission.acquire(), max(deadline - time.monotonic(), 0))
+        except asyncio.TimeoutError:
+            raise RunTimeout("Timed out waiting for a free Claude Code slot") from None
+        try:
+            process = await self.spawn(launch)
+        except BaseException:
+            self.admission.release()
+            raise
+        run = Run(process, deadline, self._release)
+        try:
+            await process.send(user_message(prompt_text), close=True)
+        except BaseException:
+            await run.close()
+            raise
+        return run
+
+    async def _release(self, run: Run) -> None:
+        try:
+            await (run.process.finish() if run.done else run.process.stop())
+        finally:
+            self.live.discard(run.process)
+            self.admission.release()
+
+    async def stop_all(self) -> None:
+        """Refuse new runs and stop every process (shutdown)."""
+        self.closed = True
+        await asyncio.gather(*(process.stop() for process in list(self.live)), return_exceptions=True)
+
+
+# ── 6. Translation to OpenAI ─────────────────────────────────────────────
+
+FINISH_REASONS = {"max_tokens": "length", "tool_use": "tool_calls"}
+
+
+def usage_from_result(result: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI usage from the CLI's result.
+
+    prompt_tokens counts every input token the model read: fresh input plus cache reads plus cache writes, so that
+    prompt_tokens >= cached_tokens as OpenAI clients assume. The run's cost (side requests included) is
+    reported as usage.total_cost_usd.
+    """
+    usage = result.get("usage") or {}
+    cached = int(usage.get("cache_read_input_tokens") or 0)
+    written = int(usage.get("cache_creation_input_tokens") or 0)
+    prompt = int(usage.get("input_tokens") or 0) + cached + written
+    completion = int(usage.get("output_tokens") or 0)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached, "cache_write_tokens": written},
+        "total_cost_usd": result.get("total_cost_usd"),
+    }
+
+
+class CompletionBuilder:
+    """Turns the CLI's events into OpenAI chunks, and remembers enough to build the whole completion.
+
+    The stream and the non-streamed completion are built from the same events by the same code, so they agree.
+    Only top-level turns count (subagents' events carry a parent_tool_use_id); the text of successive assistant
+    turns is separated by a blank line.
+    """
+
+    def __init__(self, model: str, include_usage: bool = False) -> None:
+        self.id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        self.created = int(time.time())
+        self.model = model
+        self.include_usage = include_usage
+        self.text: list[str] = []
+        self.reasoning: list[str] = []
+        self.usage: dict[str, Any] | None = None
+        self.stop_reason: str | None = None
+        self.finish_reason = "stop"
+        self._message_has_text = False
+
+    def chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+        return {
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}],
+        }
+
+    def role_chunk(self) -> dict[str, Any]:
+        return self.chunk({"role": "assistant", "content": ""})
+
+    def feed(self, event: dict[str, Any]) -> list[dict[str, Any]]:
+        """The chunks one CLI event yields (often none)."""
+        match event.get("type"):
+            case "stream_event" if event.get("parent_tool_use_id") is None:
+                return self._stream_event(event.get("event") or {})
+            case "result":
+                self._result(event)
+        return []
+
+    def _stream_event(self, raw: dict[str, Any]) -> list[dict[str, Any]]:
+        match raw.get("type"):
+            case "message_start":
+                self._message_has_text = False
+            case "content_block_delta":
+                delta = raw.get("delta") or {}
+                if delta.get("type") == "text_delta" and delta.get("text"):
+                    return [self._text_chunk(delta["text"])]
+                if delta.get("type") == "thinking_delta" and delta.get("thinking"):
+                    self.reasoning.append(delta["thinking"])
+                    return [self.chunk({"reasoning_content": delta["thinking"]})]
+            case "message_delta":
+                self.stop_reason = (raw.get("delta") or {}).get("stop_reason") or self.stop_reason
+        return []
+
+    def _text_chunk(self, text: str) -> dict[str, Any]:
+        if not self._message_has_text and self.text:
+            text = "\n\n" + text
+        self._message_has_text = True
+        self.text.append(text)
+        return self.chunk({"content": text})
+
+    def _result(self, result: dict[str, Any]) -> None:
+        self.usage = usage_from_result(result)
+        if result.get("subtype") == "error_max_turns" or self.stop_reason == "max_tokens":
+            self.finish_reason = "length"
+
+    def finish(self) -> list[dict[str, Any]]:
+        """The finish chunk, and the usage chunk when the client asked for one."""
+        chunks = [self.chunk({}, self.finish_reason)]
+        if self.include_usage:
+            chunks.append({**self.chunk({}), "choices": [], "usage": self.usage})
+        return chunks
+
+    def keepalive_chunk(self) -> dict[str, Any]:
+        return self.chunk({})
+
+    def completion(self) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(self.text), "refusal": None}
+        if self.reasoning:
+            message["reasoning_content"] = "".join(self.reasoning)
+        return {
+            "id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
+            "choices": [{"index": 0, "message": message, "finish_reason": self.finish_reason, "logprobs": None}],
+            "usage": self.usage,
+        }
+
+
+def sse(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+# ── 7. HTTP app ──────────────────────────────────────────────────────────
+
+
+async def read_json(request: Request, max_bytes: int) -> Any:
+    """The request body as JSON, refusing other content types and bodies over `max_bytes`."""
+    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise UnsupportedMediaType(f"Expected Content-Type application/json, got '{content_type}'")
+    if int(request.headers.get("content-length") or 0) > max_bytes:
+        raise PayloadTooLarge(f"The request body is larger than PROXY_MAX_BODY_BYTES ({max_bytes} bytes)")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise PayloadTooLarge(f"The request body is larger than PROXY_MAX_BODY_BYTES ({max_bytes} bytes)")
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
+
+
+def parse_chat_request(body: Any) -> ChatRequest:
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object")
+    try:
+        return ChatRequest.model_validate(body)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+
+def check_token(request: Request, token: str) -> None:
+    """Require the configured token as a bearer token or x-api-key; compared in constant time."""
+    if not token:
+        return
+    bearer = request.headers.get("authorization", "")
+    offered = bearer[7:].strip() if bearer[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
+    if not hmac.compare_digest(offered.encode(), token.encode()):
+        raise Unauthorized("Missing or invalid API key: send 'Authorization: Bearer <CLAUDE_PROXY_TOKEN>'")
+
+
+def error_response(exc: ProxyError) -> JSONResponse:
+    return JSONResponse(error_envelope(exc), status_code=exc.status, headers=error_headers(exc))
+
+
+async def wait_for_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def until_disconnect(request: Request, work: Awaitable[dict[str, Any]]) -> dict[str, Any] | None:
+    """`work`'s result, or None if the client went away first (then `work` is cancelled, stopping its run)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(wait_for_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return None
+    finally:
+        watcher.cancel()
+
+
+def log_request(builder: CompletionBuilder, stream: bool, status: str, started: float) -> None:
+    usage = builder.usage or {}
+    logger.info(
+        "%s model=%s stream=%s status=%s duration=%.2fs prompt_tokens=%s completion_tokens=%s cost_usd=%s",
+        builder.id, builder.model, stream, status, time.monotonic() - started,
+        usage.get("prompt_tokens"), usage.get("completion_tokens"), usage.get("total_cost_usd"),
+    )
+
+
+async def collect(run: Run, builder: CompletionBuilder) -> dict[str, Any]:
+    """The whole completion of a run (stream=false)."""
+    try:
+        async for event in run.events():
+            if event is not None:
+                builder.feed(event)
+        return builder.completion()
+    finally:
+        await run.close()
+
+
+async def stream_body(run: Run, builder: CompletionBuilder, keepalive: float,
+                      on_end: Callable[[ProxyError | None], None]) -> AsyncIterator[str]:
+    """The SSE body. Headers are sent by now, so errors travel in-stream as {"error": …} before [DONE].
+
+    A client disconnect cancels this generator; `finally` then stops the run (shielded from the cancellation).
+    """
+    error: ProxyError | None = None
+    try:
+        yield sse(builder.role_chunk())
+        async for event in run.events(idle=keepalive):
+            for chunk in [builder.keepalive_chunk()] if event is None else builder.feed(event):
+                yield sse(chunk)
+        for chunk in builder.finish():
+            yield sse(chunk)
+    except ProxyError as exc:
+        error = exc
+        yield sse(error_envelope(exc))
+    except Exception:
+        logger.exception("%s failed while streaming", builder.id)
+        error = ProxyError("Internal error while streaming")
+        yield sse(error_envelope(error))
+    finally:
+        await run.close()
+        on_end(error)
+    yield SSE_DONE
+
+
+def model_card(model_id: str) -> dict[str, Any]:
+    return {"id": model_id, "object": "model", "created": 1700000000, "owned_by": "claude-code"}
+
+
+def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> FastAPI:
+    """The FastAPI app; all state (the Runner) lives on app.state."""
+    runner = Runner(settings, os.environ if environ is None else environ)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await runner.probe()
+        yield
+        await runner.stop_all()
+
+    app = FastAPI(title="claude-code-openai-proxy", version=__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.runner = runner
+    model_ids = (settings.model_name, *MODEL_ALIASES)
+
+    @app.exception_handler(ProxyError)
+    async def on_proxy_error(request: Request, exc: ProxyError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(validation_error(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        error = NotFound(f"No route {request.method} {request.url.path}") if exc.status_code == 404 else None
+        if error is None:
+            error = InvalidRequest(str(exc.detail))
+            error.status = exc.status_code
+        return error_response(error)
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unexpected error on %s %s", request.method, request.url.path)
+        return error_response(ProxyError("Internal server error"))
+
+    @app.get("/")
+    async def health() -> dict[str, Any]:
+        claude_bin = runner.claude_bin or find_claude(settings.claude_bin)
+        claude: dict[str, Any] = {"found": claude_bin is not None, "path": claude_bin,
+                                  "version": runner.claude_version}
+        if claude_bin is None:
+            claude["error"] = "Claude Code CLI not found: install it or set CLAUDE_BIN"
+        return {"status": "ok" if claude_bin else "unavailable", "service": "claude-code-openai-proxy",
+                "version": __version__, "claude": claude}
+
+    @app.get("/v1/models")
+    async def list_models(request: Request) -> dict[str, Any]:
+        check_token(request, settings.token)
+        return {"object": "list", "data": [model_card(m) for m in model_ids]}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def get_model(model_id: str, request: Request) -> dict[str, Any]:
+        check_token(request, settings.token)
+        resolve_model(model_id, settings)
+        return model_card(model_id)
+
+    async def chat_completions(request: Request) -> Response:
+        started = time.monotonic()
+        check_token(request, settings.token)
+        req = parse_chat_request(await read_json(request, settings.max_body_bytes))
+        if ignored := check_request(req):
+            logger.debug("ignoring request fields: %s", ", ".join(ignored))
+        launch = Launch(model=resolve_model(req.model, settings), cwd=settings.cwd or None)
+        prompt = build_prompt(req.messages, settings.system_prompt_mode)
+        launch = dataclasses.replace(launch, system_prompt=prompt.system)
+        builder = CompletionBuilder(req.model, bool(req.stream_options and req.stream_options.include_usage))
+        try:
+            run = await runner.start(launch, prompt.text, started + settings.timeout)
+            try:
+                await run.prime(settings.keepalive)
+            except BaseException:
+                await run.close()
+                raise
+        except ProxyError as exc:
+            log_request(builder, req.stream, f"{exc.status} {exc.code}", started)
+            raise
+        if req.stream:
+            def on_end(error: ProxyError | None) -> None:
+                log_request(builder, True, f"200 {error.code}" if error else "200", started)
+
+            body = stream_body(run, builder, settings.keepalive, on_end)
+            return StreamingResponse(body, media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        try:
+            completion = await until_disconnect(request, collect(run, builder))
+        except ProxyError as exc:
+            log_request(builder, False, f"{exc.status} {exc.code}", started)
+            raise
+        log_request(builder, False, "200" if completion else "499 client gone", started)
+        return JSONResponse(completion) if completion else Response(status_code=499)
+
+    for path in ("/v1/chat/completions", "/chat/completions"):
+        app.add_api_route(path, chat_completions, methods=["POST"])
+    return app
+
+
+# ── 8. Entry point ───────────────────────────────────────────────────────
+
+
+class ProxyServer(uvicorn.Server):
+    """uvicorn, stopping every Claude Code run first on shutdown so open streams end at once."""
+
+    def __init__(self, config: uvicorn.Config, runner: Runner) -> None:
+        super().__init__(config)
+        self.runner = runner
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        await self.runner.stop_all()
+        await super().shutdown(sockets)
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = load_settings(argv)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not is_loopback(settings.host) and not settings.token:
+        sys.exit(
+            f"Refusing to listen on {settings.host} without a token: Claude Code runs shell commands for anyone who "
+            "can reach this port. Set CLAUDE_PROXY_TOKEN (or --token) to a long random secret, or listen on "
+            "127.0.0.1."
+        )
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                            access_log=False, timeout_graceful_shutdown=5)
+    ProxyServer(config, app.state.runner).run()
+
+
+if __name__ == "__main__":
+    main()
