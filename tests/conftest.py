@@ -1,0 +1,64 @@
+"""Shared fixtures for driving the real Claude Code CLI against the fake Anthropic API (tests/fake_anthropic.py)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fake_anthropic import FakeAnthropic
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def claude_bin() -> str:
+    """The pinned Claude Code CLI: $TEST_CLAUDE_BIN (set by ./tests/run.sh), else tests/.cli/node_modules/.bin/claude."""
+    candidates = [os.environ.get("TEST_CLAUDE_BIN", ""), str(REPO / "tests/.cli/node_modules/.bin/claude")]
+    for path in candidates:
+        if path and os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    pytest.fail("The Claude Code CLI for the end-to-end tests is missing: run ./tests/run.sh, which installs the "
+                "pinned version into tests/.cli and sets TEST_CLAUDE_BIN.")
+
+
+@pytest.fixture
+def fake_api() -> Iterator[FakeAnthropic]:
+    fake = FakeAnthropic().start()
+    try:
+        yield fake
+    finally:
+        fake.stop()
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path, fake_api: FakeAnthropic) -> dict[str, str]:
+    """An environment for the CLI: isolated HOME, only the fake API reachable, no retries, no side traffic.
+
+    CLAUDE_CONFIG_DIR is dropped too (it would bypass the isolated HOME), and 127.0.0.1 is added to NO_PROXY.
+    """
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("CLAUDECODE", "CLAUDE_CONFIG_DIR")
+        and not key.startswith(("CLAUDE_CODE_", "ANTHROPIC_"))
+    }
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    no_proxy = ",".join(filter(None, [env.get("NO_PROXY") or env.get("no_proxy"), "127.0.0.1,localhost"]))
+    env.update(
+        HOME=str(home),
+        ANTHROPIC_BASE_URL=fake_api.base_url,
+        ANTHROPIC_API_KEY="test-key",
+        CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
+        DISABLE_TELEMETRY="1",
+        DISABLE_AUTOUPDATER="1",
+        CLAUDE_CODE_MAX_RETRIES="0",
+        NO_PROXY=no_proxy,
+        no_proxy=no_proxy,
+    )
+    if os.geteuid() == 0:
+        env["IS_SANDBOX"] = "1"
+    return env
