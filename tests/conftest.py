@@ -62,3 +62,7 @@ def cli_env(tmp_path: Path, fake_api: FakeAnthropic) -> dict[str, str]:
     if os.geteuid() == 0:
         env["IS_SANDBOX"] = "1"
     return env
+
+
+# Servers of the proxy itself (tests/proxy_fixtures.py): make_proxy (real CLI), make_fake_proxy (fake_claude.py).
+pytest_plugins = ["proxy_fixtures"]
