@@ -520,6 +520,7 @@ class ClaudeProcess:
             asyncio.create_task(self._read_stderr()),
         ]
         self._stopping: asyncio.Task[None] | None = None
+        self.interrupted: ProxyError | None = None
 
     @classmethod
     async def spawn(cls, argv: list[str], env: dict[str, str], cwd: str, workdir: str | None,
@@ -544,14 +545,12 @@ class ClaudeProcess:
     def alive(self) -> bool:
         return self.proc.returncode is None and self._stopping is None
 
-    async def send(self, line: bytes, *, close: bool = False) -> None:
-        """Write one stream-json line (and close stdin after it when `close`)."""
+    async def send(self, line: bytes) -> None:
+        """Write one stream-json line."""
         assert self.proc.stdin is not None
         try:
             self.proc.stdin.write(line)
             await self.proc.stdin.drain()
-            if close:
-                self.proc.stdin.close()
         except (BrokenPipeError, ConnectionResetError) as exc:
             raise await self.failure() from exc
 
@@ -566,8 +565,8 @@ class ClaudeProcess:
 
     async def failure(self) -> ProxyError:
         """Why the process ended without a result, from its exit code and the end of its stderr."""
-        if self._stopping is not None:
-            return ShuttingDown("The run was stopped: the proxy is shutting down", retry_after=5)
+        if self.interrupted is not None:
+            return self.interrupted
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.proc.wait(), STOP_GRACE_S)
         await asyncio.wait({self._readers[1]}, timeout=0.5)
@@ -584,32 +583,39 @@ class ClaudeProcess:
     async def _read_stdout(self, max_line_bytes: int) -> None:
         # Our own line framing: one tool result can be many MiB, beyond asyncio's 64 KiB readline limit.
         assert self.proc.stdout is not None
-        buffer = bytearray()
+        line = bytearray()
         try:
-            while chunk := await self.proc.stdout.read(1 << 16):
-                buffer += chunk
-                *lines, rest = buffer.split(b"\n")
-                buffer = bytearray(rest)
-                for line in lines:
-                    if (event := parse_event(line)) is not None:
-                        self._events.put_nowait(event)
-                if len(buffer) > max_line_bytes:
+            while chunk := await self.proc.stdout.read(1 << 18):
+                start = 0
+                while (end := chunk.find(b"\n", start)) >= 0:
+                    line += chunk[start:end]
+                    self._put(line)
+                    line, start = bytearray(), end + 1
+                line += chunk[start:]
+                if len(line) > max_line_bytes:
                     self._events.put_nowait(ClaudeFailed(
                         f"Claude Code wrote a line over {max_line_bytes} bytes; raise CLAUDE_MAX_LINE_BYTES"
                     ))
                     return
-            if (event := parse_event(bytes(buffer))) is not None:
-                self._events.put_nowait(event)
+            self._put(line)
         finally:
             self._events.put_nowait(None)
+
+    def _put(self, line: bytearray) -> None:
+        if (event := parse_event(bytes(line))) is not None:
+            self._events.put_nowait(event)
 
     async def _read_stderr(self) -> None:
         assert self.proc.stderr is not None
         async for line in self.proc.stderr:
             self.stderr_tail.append(line.decode(errors="replace").rstrip())
 
-    async def stop(self) -> None:
-        """Stop the process and every process it started; safe to call twice and from a cancelled task."""
+    async def stop(self, reason: ProxyError | None = None) -> None:
+        """Stop the process and every process it started; safe to call twice and from a cancelled task.
+
+        `reason` is what the request still reading this process is told (an interrupted CLI reports a cryptic
+        error_during_execution result of its own)."""
+        self.interrupted = self.interrupted or reason
         if self._stopping is None:
             self._stopping = asyncio.get_running_loop().create_task(self._terminate())
         await asyncio.shield(self._stopping)
@@ -707,6 +713,7 @@ class Run:
         self.deadline = deadline
         self.done = False
         self.used_tools = False
+        self.stop_reason: str | None = None
         self._release = release
         self._backlog: deque[dict[str, Any]] = deque()
         self._retry_delay_s: float | None = None
@@ -724,6 +731,8 @@ class Run:
             return None
         if event is None:
             raise await self.process.failure()
+        if self.process.interrupted is not None:
+            raise self.process.interrupted
         return self._check(event)
 
     def _check(self, event: dict[str, Any]) -> dict[str, Any]:
@@ -737,11 +746,22 @@ class Run:
             block.get("type") == "tool_use" for block in event.get("message", {}).get("content", [])
         ):
             self.used_tools = True
+        elif kind == "stream_event" and event.get("parent_tool_use_id") is None:
+            raw = event.get("event") or {}
+            if raw.get("type") == "message_delta":
+                self.stop_reason = (raw.get("delta") or {}).get("stop_reason")
         elif kind == "result":
             self.done = True
-            if event.get("is_error") and event.get("subtype") != "error_max_turns":
+            if event.get("is_error") and not self._ran_out(event):
                 raise result_error(event, self._retry_delay_s, self.used_tools)
         return event
+
+    def _ran_out(self, result: dict[str, Any]) -> bool:
+        """Whether an error result only means the answer was cut short (max turns, or max tokens after the
+        CLI's own attempts to continue): that is finish_reason "length", not an error."""
+        if result.get("subtype") == "error_max_turns":
+            return True
+        return self.stop_reason == "max_tokens" and result.get("api_error_status") is None
 
     async def prime(self, window: float) -> None:
         """Wait until the model starts answering (or `window` passes), so early failures become HTTP statuses."""
@@ -842,7 +862,9 @@ class Runner:
             raise
         run = Run(process, deadline, self._release)
         try:
-            await process.send(user_message(prompt_text), close=True)
+            # stdin stays open until the result is read: the CLI exits on EOF without flushing a large pending
+            # write to stdout (a 300 KB result line was cut short on CLI 2.1.197).
+            await process.send(user_message(prompt_text))
         except BaseException:
             await run.close()
             raise
@@ -858,7 +880,8 @@ class Runner:
     async def stop_all(self) -> None:
         """Refuse new runs and stop every process (shutdown)."""
         self.closed = True
-        await asyncio.gather(*(process.stop() for process in list(self.live)), return_exceptions=True)
+        reason = ShuttingDown("The run was stopped: the proxy is shutting down", retry_after=5)
+        await asyncio.gather(*(process.stop(reason) for process in list(self.live)), return_exceptions=True)
 
 
 # ── 6. Translation to OpenAI ─────────────────────────────────────────────
