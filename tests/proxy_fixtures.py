@@ -32,7 +32,11 @@ def _factory(tmp_path: Path, base_env: dict[str, str]) -> tuple[ProxyFactory, li
 
     def start(*args: str, wait: bool = True, **settings: object) -> Proxy:
         env = {**base_env, "TMPDIR": str(runs)}
-        env.update({key.upper(): str(value) for key, value in settings.items()})
+        for key, value in settings.items():
+            if value is None:
+                env.pop(key.upper(), None)
+            else:
+                env[key.upper()] = str(value)
         proxy = Proxy(env, tmp_path / f"proxy-{len(proxies)}.log", args)
         proxies.append(proxy)
         return proxy.wait_ready() if wait else proxy
@@ -54,7 +58,7 @@ def _stop_all(proxies: list[Proxy], runs: Path) -> None:
 @pytest.fixture
 def make_proxy(tmp_path: Path, cli_env: dict[str, str], claude_bin: str) -> Iterator[ProxyFactory]:
     """Start proxies that drive the real Claude Code CLI against the fake Anthropic API (fake_api)."""
-    start, proxies = _factory(tmp_path, {**cli_env, "CLAUDE_BIN": claude_bin})
+    start, proxies = _factory(tmp_path, {**cli_env, "CLAUDE_BIN": claude_bin, "CLAUDE_CODE_MAX_RETRIES": "0"})
     yield start
     _stop_all(proxies, tmp_path / "runs")
 
