@@ -79,6 +79,8 @@ class Settings:
     max_line_bytes: int = setting("CLAUDE_MAX_LINE_BYTES", 32 << 20, "largest stream-json line read from the CLI")
     max_retries: int = setting("CLAUDE_CODE_MAX_RETRIES", 3, "API retries inside Claude Code (its default is 10)")
     keepalive: float = setting("CLAUDE_KEEPALIVE", 15.0, "seconds of silence before a keep-alive chunk")
+    pool_size: int = setting("CLAUDE_POOL_SIZE", 2, "idle pre-started CLI processes kept warm; 0 disables")
+    pool_idle_ttl: float = setting("CLAUDE_POOL_IDLE_TTL", 600.0, "seconds a warm process may stay idle")
     log_level: str = setting(
         "PROXY_LOG_LEVEL", "info", "log level", ("debug", "info", "warning", "error"),
     )
@@ -510,7 +512,7 @@ class ClaudeProcess:
     without losing a partial line, and a process that dies while idle is noticed.
     """
 
-    def __init__(self, proc: asyncio.subprocess.Process, workdir: str | None, max_line_bytes: int) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, workdir: str, max_line_bytes: int) -> None:
         self.proc = proc
         self.workdir = workdir
         self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
@@ -523,7 +525,7 @@ class ClaudeProcess:
         self.interrupted: ProxyError | None = None
 
     @classmethod
-    async def spawn(cls, argv: list[str], env: dict[str, str], cwd: str, workdir: str | None,
+    async def spawn(cls, argv: list[str], env: dict[str, str], cwd: str, workdir: str,
                     max_line_bytes: int) -> ClaudeProcess:
         """Start the CLI in its own session, so signals meant for the proxy's terminal do not reach it."""
         try:
@@ -543,7 +545,14 @@ class ClaudeProcess:
 
     @property
     def alive(self) -> bool:
-        return self.proc.returncode is None and self._stopping is None
+        return self.proc.returncode is None and self._stopping is None and not self._readers[0].done()
+
+    def running(self) -> bool:
+        """Alive, asking the OS: a process that has just died is a zombie before asyncio notices."""
+        try:
+            return self.alive and psutil.Process(self.pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
 
     async def send(self, line: bytes) -> None:
         """Write one stream-json line."""
@@ -643,11 +652,11 @@ class ClaudeProcess:
         await asyncio.wait(self._readers, timeout=1.0)
         for reader in self._readers:
             reader.cancel()
-        if self.workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
     async def finish(self) -> None:
-        """Let a process whose work is done exit on its own (stdin closed), then clean up after it."""
+        """Let a process whose work is done exit on its own (stdin closed) and end what it left running;
+        stop() then cleans up."""
         tree = _descendants(self.pid)
         with contextlib.suppress(OSError):
             if self.proc.stdin is not None and not self.proc.stdin.is_closing():
@@ -655,7 +664,6 @@ class ClaudeProcess:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.shield(self.proc.wait()), 1.0)
         _kill_all(tree | _descendants(self.pid))
-        await self.stop()
 
 
 class Admission:
@@ -788,6 +796,85 @@ class Run:
             await asyncio.shield(self._release(self))
 
 
+class WarmPool:
+    """Idle, pre-started CLI processes for the launch configurations seen most recently.
+
+    A process started with --input-format stream-json has done its ~1 s of start-up and waits for a message on
+    stdin, so a request that takes one answers at once. The `size` slots are shared round-robin among the most
+    recent configurations; idle processes expire after `ttl` seconds. Idle processes hold no run slot.
+    """
+
+    def __init__(self, size: int, ttl: float, spawn: Callable[[Launch], Awaitable[ClaudeProcess]],
+                 retire: Callable[[ClaudeProcess], Awaitable[None]]) -> None:
+        self.size = size
+        self.ttl = ttl
+        self._spawn = spawn
+        self._retire = retire
+        self._idle: dict[Launch, list[tuple[ClaudeProcess, float]]] = {}
+        self._recent: dict[Launch, float] = {}
+        self._refill: asyncio.Task[None] | None = None
+
+    @property
+    def idle_count(self) -> int:
+        return sum(len(entries) for entries in self._idle.values())
+
+    def take(self, launch: Launch) -> ClaudeProcess | None:
+        """A warm, live process for `launch`, if there is one; dead ones are retired, never handed out."""
+        entries = self._idle.get(launch, [])
+        while entries:
+            process, _ = entries.pop()
+            if process.running():
+                return process
+            asyncio.get_running_loop().create_task(self._retire(process))
+        return None
+
+    def learn(self, launch: Launch) -> None:
+        """Note that `launch` was just used, and refill in the background."""
+        if self.size <= 0:
+            return
+        self._recent.pop(launch, None)
+        self._recent[launch] = time.monotonic()
+        if self._refill is None or self._refill.done():
+            self._refill = asyncio.get_running_loop().create_task(self._fill())
+
+    def targets(self) -> dict[Launch, int]:
+        """How many idle processes each recent configuration should have: round-robin, most recent first."""
+        recent = list(reversed(self._recent))[: self.size]
+        return {launch: self.size // len(recent) + (i < self.size % len(recent)) for i, launch in enumerate(recent)}
+
+    async def _fill(self) -> None:
+        while (launch := self._missing()) is not None:
+            try:
+                process = await self._spawn(launch)
+            except ProxyError as exc:
+                logger.warning("could not pre-start a Claude Code process: %s", exc.message)
+                return
+            self._idle.setdefault(launch, []).append((process, time.monotonic()))
+
+    def _missing(self) -> Launch | None:
+        for launch, target in self.targets().items():
+            if sum(process.alive for process, _ in self._idle.get(launch, [])) < target:
+                return launch
+        return None
+
+    async def expire(self) -> None:
+        """Retire idle processes past their time, dead ones, and those no recent configuration wants."""
+        now = time.monotonic()
+        self._recent = {launch: seen for launch, seen in self._recent.items() if now - seen < self.ttl}
+        targets = self.targets()
+        retired: list[ClaudeProcess] = []
+        for launch, entries in self._idle.items():
+            fresh = [(p, t) for p, t in entries if p.alive and now - t < self.ttl]
+            keep = fresh[: targets.get(launch, 0)]
+            retired += [p for p, _ in entries if all(p is not k for k, _ in keep)]
+            entries[:] = keep
+        await asyncio.gather(*(self._retire(process) for process in retired))
+
+    def close(self) -> None:
+        if self._refill is not None:
+            self._refill.cancel()
+
+
 class Runner:
     """Starts, tracks and stops Claude Code processes for the app; the only owner of CLI processes."""
 
@@ -797,6 +884,7 @@ class Runner:
         self.claude_bin = find_claude(settings.claude_bin)
         self.claude_version: str | None = None
         self.admission = Admission(settings.max_concurrency, settings.max_queue)
+        self.pool = WarmPool(settings.pool_size, settings.pool_idle_ttl, self.spawn, self.retire)
         self.live: set[ClaudeProcess] = set()
         self.closed = False
 
@@ -827,24 +915,27 @@ class Runner:
         logger.info("Claude Code CLI: %s (%s)", self.claude_bin, self.claude_version or "version unknown")
 
     async def spawn(self, launch: Launch) -> ClaudeProcess:
-        """A new CLI process for `launch`, in its own temporary working directory unless one is configured."""
+        """A new CLI process for `launch` with a private temporary directory (its working directory unless one is
+        configured), removed when the process stops."""
         claude_bin = self.require_claude()
-        workdir = None if launch.cwd else tempfile.mkdtemp(prefix="claude-proxy-")
+        workdir = tempfile.mkdtemp(prefix="claude-proxy-")
         prompt_file = None
-        if workdir and launch.system_prompt and len(launch.system_prompt.encode()) > SYSTEM_PROMPT_FILE_BYTES:
+        if launch.system_prompt and len(launch.system_prompt.encode()) > SYSTEM_PROMPT_FILE_BYTES:
             # Linux refuses a single argv string over 128 KiB (E2BIG); the CLI reads a file as well.
             prompt_file = os.path.join(workdir, ".system-prompt.txt")
             Path(prompt_file).write_text(launch.system_prompt)
         argv = build_argv(claude_bin, self.settings, launch, prompt_file)
         try:
             process = await ClaudeProcess.spawn(
-                argv, self.env, launch.cwd or workdir or ".", workdir, self.settings.max_line_bytes
+                argv, self.env, launch.cwd or workdir, workdir, self.settings.max_line_bytes
             )
         except ProxyError:
-            if workdir:
-                shutil.rmtree(workdir, ignore_errors=True)
+            shutil.rmtree(workdir, ignore_errors=True)
             raise
         self.live.add(process)
+        if self.closed:  # shutdown began while this process was starting
+            await self.retire(process)
+            raise ShuttingDown("The proxy is shutting down", retry_after=5)
         return process
 
     async def start(self, launch: Launch, prompt_text: str, deadline: float) -> Run:
@@ -856,10 +947,11 @@ class Runner:
         except asyncio.TimeoutError:
             raise RunTimeout("Timed out waiting for a free Claude Code slot") from None
         try:
-            process = await self.spawn(launch)
+            process = self.pool.take(launch) or await self.spawn(launch)
         except BaseException:
             self.admission.release()
             raise
+        self.pool.learn(launch)
         run = Run(process, deadline, self._release)
         try:
             # stdin stays open until the result is read: the CLI exits on EOF without flushing a large pending
@@ -872,14 +964,30 @@ class Runner:
 
     async def _release(self, run: Run) -> None:
         try:
-            await (run.process.finish() if run.done else run.process.stop())
+            if run.done:
+                await run.process.finish()
+            await self.retire(run.process)
         finally:
-            self.live.discard(run.process)
             self.admission.release()
+
+    async def maintain(self) -> None:
+        """Expire idle warm processes, for as long as the app runs."""
+        interval = max(0.2, min(self.settings.pool_idle_ttl / 2, 30.0))
+        while True:
+            await asyncio.sleep(interval)
+            await self.pool.expire()
+
+    async def retire(self, process: ClaudeProcess) -> None:
+        """Stop a process that serves no run."""
+        try:
+            await process.stop()
+        finally:
+            self.live.discard(process)
 
     async def stop_all(self) -> None:
         """Refuse new runs and stop every process (shutdown)."""
         self.closed = True
+        self.pool.close()
         reason = ShuttingDown("The run was stopped: the proxy is shutting down", retry_after=5)
         await asyncio.gather(*(process.stop(reason) for process in list(self.live)), return_exceptions=True)
 
@@ -1123,7 +1231,9 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await runner.probe()
+        maintenance = asyncio.create_task(runner.maintain())
         yield
+        maintenance.cancel()
         await runner.stop_all()
 
     app = FastAPI(title="claude-code-openai-proxy", version=__version__, lifespan=lifespan,
@@ -1160,7 +1270,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         if claude_bin is None:
             claude["error"] = "Claude Code CLI not found: install it or set CLAUDE_BIN"
         return {"status": "ok" if claude_bin else "unavailable", "service": "claude-code-openai-proxy",
-                "version": __version__, "claude": claude}
+                "version": __version__, "claude": claude, "pool": {"idle": runner.pool.idle_count}}
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> dict[str, Any]:

@@ -80,6 +80,15 @@ def test_system_prompt_reaches_the_api(make_proxy, fake_api, mode: str) -> None:
         assert user_texts(request) == ["<instructions>\nYou are PROXY-SYSTEM.\n</instructions>\n\nhi"]
 
 
+@pytest.mark.parametrize("mode", ["append", "replace"])
+def test_a_system_prompt_beyond_the_argv_limit_reaches_the_api(make_proxy, fake_api, mode: str) -> None:
+    system = "".join(f"rule {i:06d}. " for i in range(150_000 // 13)) + "--last-rule"
+    ask(make_proxy(claude_system_prompt_mode=mode), "", messages=[{"role": "system", "content": system},
+                                                                  {"role": "user", "content": "hi"}])
+    [request] = fake_api.main_requests()
+    assert request["system"][-1]["text"].endswith(system)
+
+
 def test_history_reaches_the_api(make_proxy, fake_api) -> None:
     ask(make_proxy(), "", messages=[{"role": "user", "content": "My name is Ada."},
                                     {"role": "assistant", "content": "Hello Ada."},

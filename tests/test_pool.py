@@ -1,0 +1,76 @@
+"""The warm pool, end to end: pre-started Claude Code processes serve matching requests and nothing leaks."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import httpx
+import psutil
+
+from proxy_harness import wait_until
+
+
+def idle(proxy) -> int:
+    return httpx.get(proxy.url + "/").json()["pool"]["idle"]
+
+
+def cli_pids(proxy) -> set[int]:
+    pids = set()
+    for process in proxy.ps.children():
+        try:
+            if process.status() != psutil.STATUS_ZOMBIE and "claude" in " ".join(process.cmdline()):
+                pids.add(process.pid)
+        except psutil.Error:
+            continue
+    return pids
+
+
+def served_by(proxy, model: str = "claude-code") -> int:
+    """The pid of the Claude Code process that ran this request (its Bash tool's parent)."""
+    content = proxy.client().chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "[[bash:echo $PPID]]"}]).choices[0].message.content
+    return int(content.rsplit("Tool said: ", 1)[1])
+
+
+def test_a_warm_process_serves_a_matching_request(make_proxy) -> None:
+    proxy = make_proxy(claude_pool_size=1)
+    assert idle(proxy) == 0
+    cold = served_by(proxy)
+    assert wait_until(lambda: idle(proxy) == 1, timeout=20)
+    [warm] = cli_pids(proxy)
+    assert warm != cold
+    assert served_by(proxy) == warm
+    assert wait_until(lambda: idle(proxy) == 1 and cli_pids(proxy) != {warm}, timeout=20), "the pool refills"
+
+
+def test_a_different_configuration_does_not_take_the_warm_process(make_proxy) -> None:
+    proxy = make_proxy(claude_pool_size=1)
+    served_by(proxy)
+    assert wait_until(lambda: idle(proxy) == 1, timeout=20)
+    [warm] = cli_pids(proxy)
+    assert served_by(proxy, model="sonnet") != warm
+
+
+def test_a_dead_warm_process_is_never_handed_out(make_proxy) -> None:
+    proxy = make_proxy(claude_pool_size=1)
+    served_by(proxy)
+    assert wait_until(lambda: idle(proxy) == 1, timeout=20)
+    [warm] = cli_pids(proxy)
+    os.kill(warm, signal.SIGKILL)
+    assert wait_until(lambda: warm not in cli_pids(proxy), timeout=5)
+    assert served_by(proxy) != warm
+
+
+def test_idle_processes_expire(make_proxy) -> None:
+    proxy = make_proxy(claude_pool_size=2, claude_pool_idle_ttl=3)
+    served_by(proxy)
+    assert wait_until(lambda: idle(proxy) == 2, timeout=30)
+    assert wait_until(lambda: idle(proxy) == 0 and not cli_pids(proxy), timeout=15)
+
+
+def test_pool_off_keeps_no_process(make_proxy) -> None:
+    proxy = make_proxy(claude_pool_size=0)
+    served_by(proxy)
+    assert wait_until(lambda: not proxy.ps.children(), timeout=5)
+    assert idle(proxy) == 0
