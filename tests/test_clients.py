@@ -1,0 +1,205 @@
+"""Real clients against the proxy, end to end through the real Claude Code CLI and the fake Anthropic API.
+
+The issue's "done when": the OpenAI Python SDK (strict response validation), LangChain's ChatOpenAI, the OpenAI Node
+SDK and OpenClaw's openai-completions provider get correct streamed and non-streamed answers with usage. The Node
+clients run as scripts in tests/clients/ with the pinned packages ./tests/run.sh installs into tests/.cli.
+Text turns only (no OpenAI tools).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import openai
+import pytest
+from langchain_core.messages import AIMessageChunk, HumanMessage, SystemMessage
+from langchain_openai import ChatOpenAI
+
+CLIENTS = Path(__file__).resolve().parent / "clients"
+ANSWER = "Hello from fake model."
+USAGE = "[[usage:100,7,50,25]]"  # input 100, output 7, cache read 50, cache write 25
+PROMPT_TOKENS, COMPLETION_TOKENS, CACHED, WRITTEN = 175, 7, 50, 25  # prompt = input + cache read + cache write
+
+
+def run_node(script: str, *args: str, api_key: str = "unused") -> dict:
+    """Run tests/clients/<script> with node; its one line of stdout is JSON."""
+    env = {**os.environ, "OPENAI_API_KEY": api_key}
+    done = subprocess.run(["node", str(CLIENTS / script), *args], capture_output=True, text=True, timeout=60,
+                          env=env)
+    assert done.returncode == 0, f"node {script} failed ({done.returncode}):\n{done.stderr}"
+    return json.loads(done.stdout)
+
+
+def assert_openai_usage(usage: dict) -> None:
+    assert (usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"]) == (
+        PROMPT_TOKENS, COMPLETION_TOKENS, PROMPT_TOKENS + COMPLETION_TOKENS)
+    assert usage["prompt_tokens_details"]["cached_tokens"] == CACHED
+
+
+def system_prompt_of(fake_api) -> str:
+    [request] = fake_api.main_requests()
+    return request["system"][-1]["text"]
+
+
+# ── OpenAI Node SDK ──
+
+
+def test_openai_node_sdk_non_streamed_and_streamed_with_usage(make_proxy) -> None:
+    proxy = make_proxy(claude_proxy_token="node-secret")
+    result = run_node("openai_node.mjs", proxy.url + "/v1", f"{USAGE} hi", api_key="node-secret")
+    assert result["sdk_version"] == "7.57.0"
+
+    answer = result["non_stream"]
+    assert answer["type"] == "object" and answer["object"] == "chat.completion"  # parsed as JSON, not a string
+    assert (answer["role"], answer["text"], answer["finish_reason"]) == ("assistant", ANSWER, "stop")
+    assert answer["id"].startswith("chatcmpl-") and answer["model"] == "claude-code"
+    assert_openai_usage(answer["usage"])
+
+    stream = result["stream"]
+    assert stream["objects"] == ["chat.completion.chunk"] and len(stream["ids"]) == 1
+    assert stream["first_role"] == "assistant"
+    assert stream["text"] == ANSWER and len(stream["deltas"]) >= 2  # really streamed, in pieces
+    assert stream["finish_reasons"] == ["stop"]
+    assert stream["usage_chunks"] == 1 and stream["last_choices"] == []  # the usage chunk comes last, no choices
+    assert_openai_usage(stream["usage"])
+
+
+# ── OpenClaw (@openclaw/ai, openai-completions) ──
+
+
+@pytest.mark.parametrize("host,extra", [pytest.param("openclaw", {}, id="app-host"),
+                                        pytest.param("inert", {"store": False}, id="library-host")])
+def test_openclaw_agent_turn_with_system_prompt(make_proxy, fake_api, host: str, extra: dict) -> None:
+    proxy = make_proxy()
+    result = run_node("openclaw.mjs", "turn", proxy.url + "/v1", f"{USAGE} hi", "--system", "You are OpenClaw.",
+                      "--host", host)
+    assert result["openclaw_ai_version"] == "2026.9.6"
+    assert result["request"] == {  # the body OpenClaw sent; with the app's host policy that of contract doc §1.3
+        "model": "claude-code",
+        "messages": [{"role": "system", "content": "You are OpenClaw."}, {"role": "user", "content": f"{USAGE} hi"}],
+        "stream": True, "stream_options": {"include_usage": True}, "max_completion_tokens": 4096, **extra}
+
+    message = result["message"]
+    assert message["errorMessage"] is None, message["errorMessage"]
+    assert message["stopReason"] == "stop"
+    assert [block["type"] for block in message["content"]] == ["text"]
+    assert message["content"][0]["text"] == ANSWER
+    assert result["events"][0] == "start" and result["events"][-1] == "done"
+    assert result["events"].count("text_delta") >= 2
+    assert message["responseId"].startswith("chatcmpl-")
+
+    usage = message["usage"]  # OpenClaw's split: input excludes the cache reads and writes
+    assert (usage["input"], usage["output"], usage["cacheRead"], usage["cacheWrite"]) == (
+        PROMPT_TOKENS - CACHED - WRITTEN, COMPLETION_TOKENS, CACHED, WRITTEN)
+    assert usage["totalTokens"] == PROMPT_TOKENS + COMPLETION_TOKENS
+
+    assert system_prompt_of(fake_api).endswith("You are OpenClaw.")
+
+
+def test_openclaw_shows_claude_thinking_as_thinking_for_a_reasoning_model(make_proxy) -> None:
+    proxy = make_proxy()
+    result = run_node("openclaw.mjs", "turn", proxy.url + "/v1", "[[think]] hi", "--reasoning", "--system", "Be brief.")
+    assert "reasoning_effort" not in result["request"]  # and the system prompt keeps the system role (no developer)
+    assert result["request"]["messages"][0] == {"role": "system", "content": "Be brief."}
+    message = result["message"]
+    assert message["errorMessage"] is None and message["stopReason"] == "stop"
+    assert [(block["type"], block.get("thinking", block.get("text"))) for block in message["content"]] == [
+        ("thinking", "Let me think."), ("text", ANSWER)]
+
+
+def test_openclaw_drops_thinking_for_a_model_without_reasoning(make_proxy) -> None:
+    proxy = make_proxy()
+    result = run_node("openclaw.mjs", "turn", proxy.url + "/v1", "[[think]] hi")
+    message = result["message"]
+    assert message["errorMessage"] is None and message["stopReason"] == "stop"
+    assert message["content"] == [{"type": "text", "text": ANSWER}]  # never merged into the text
+
+
+def test_openclaw_onboarding_connection_test(make_proxy, fake_api) -> None:
+    proxy = make_proxy(claude_proxy_token="onboard-secret")
+    result = run_node("openclaw.mjs", "probe", proxy.url + "/v1", api_key="onboard-secret")
+    assert result["ok"] is True and result["status"] == 200
+    assert result["content_type"].startswith("application/json")
+    assert result["body"]["choices"][0]["message"]["content"] == ANSWER
+    assert result["body"]["choices"][0]["finish_reason"] == "stop"
+    assert result["body"]["usage"]["completion_tokens"] == 5  # the fake's default usage: 12 in, 5 out
+    assert len(fake_api.main_requests()) == 1
+
+
+# ── LangChain ChatOpenAI ──
+
+
+def chat_model(proxy, **kwargs) -> ChatOpenAI:
+    return ChatOpenAI(base_url=proxy.url + "/v1", api_key="unused", model="claude-code", max_retries=0, timeout=60,
+                      **kwargs)
+
+
+def assert_langchain_usage(usage_metadata: dict) -> None:
+    assert usage_metadata["input_tokens"] == PROMPT_TOKENS
+    assert usage_metadata["output_tokens"] == COMPLETION_TOKENS
+    assert usage_metadata["total_tokens"] == PROMPT_TOKENS + COMPLETION_TOKENS
+    assert usage_metadata["input_token_details"] == {"cache_read": CACHED, "cache_creation": WRITTEN}
+
+
+def test_langchain_invoke(make_proxy, fake_api) -> None:
+    message = chat_model(make_proxy()).invoke([SystemMessage("You are LangChain."), HumanMessage(f"{USAGE} hi")])
+    assert message.content == ANSWER
+    assert message.response_metadata["finish_reason"] == "stop"
+    assert message.response_metadata["model_name"] == "claude-code"
+    assert_langchain_usage(message.usage_metadata)
+    assert system_prompt_of(fake_api).endswith("You are LangChain.")
+
+
+def test_langchain_stream_with_usage(make_proxy) -> None:
+    chunks = list(chat_model(make_proxy(), stream_usage=True).stream(f"{USAGE} hi"))
+    assert all(isinstance(chunk, AIMessageChunk) for chunk in chunks)
+    assert len([chunk for chunk in chunks if chunk.content]) >= 2
+    merged = chunks[0]
+    for chunk in chunks[1:]:
+        merged += chunk
+    assert merged.content == ANSWER
+    assert merged.response_metadata["finish_reason"] == "stop"
+    assert len([chunk for chunk in chunks if chunk.usage_metadata]) == 1
+    assert_langchain_usage(merged.usage_metadata)
+
+
+# ── OpenAI Python SDK, strict response validation ──
+
+
+def strict_client(proxy) -> openai.OpenAI:
+    return proxy.client(_strict_response_validation=True)
+
+
+def test_openai_python_strict_streamed_answer_with_usage(make_proxy) -> None:
+    stream = strict_client(make_proxy()).chat.completions.create(
+        model="claude-code", messages=[{"role": "user", "content": f"{USAGE} hi"}], stream=True,
+        stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == ANSWER
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+    assert chunks[-1].choices == []
+    assert_openai_usage(chunks[-1].usage.model_dump())
+
+
+def test_openai_python_strict_non_streamed_answer_with_usage(make_proxy) -> None:
+    completion = strict_client(make_proxy()).chat.completions.create(
+        model="claude-code", messages=[{"role": "user", "content": f"{USAGE} hi"}])
+    assert completion.choices[0].message.content == ANSWER and completion.choices[0].finish_reason == "stop"
+    assert_openai_usage(completion.usage.model_dump())
+
+
+def test_openai_python_strict_thinking_answer(make_proxy) -> None:
+    client = strict_client(make_proxy())
+    chunks = list(client.chat.completions.create(
+        model="claude-code", messages=[{"role": "user", "content": "[[think]] hi"}], stream=True))
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    assert "".join(d.model_extra.get("reasoning_content") or "" for d in deltas) == "Let me think."
+    assert "".join(d.content or "" for d in deltas) == ANSWER
+
+    completion = client.chat.completions.create(
+        model="claude-code", messages=[{"role": "user", "content": "[[think]] hi"}])
+    message = completion.choices[0].message
+    assert message.content == ANSWER and message.model_extra["reasoning_content"] == "Let me think."
