@@ -17,12 +17,14 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import hmac
 import ipaddress
 import json
 import logging
 import math
 import os
+import secrets
 import shutil
 import signal
 import sys
@@ -41,6 +43,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 __version__ = "0.1.0"
@@ -81,6 +84,11 @@ class Settings:
     keepalive: float = setting("CLAUDE_KEEPALIVE", 15.0, "seconds of silence before a keep-alive chunk")
     pool_size: int = setting("CLAUDE_POOL_SIZE", 2, "idle pre-started CLI processes kept warm; 0 disables")
     pool_idle_ttl: float = setting("CLAUDE_POOL_IDLE_TTL", 600.0, "seconds a warm process may stay idle")
+    tool_wait: float = setting("CLAUDE_TOOL_WAIT", 600.0, "seconds a run waits for the client's tool results")
+    max_parked: int = setting("CLAUDE_MAX_PARKED", 16, "runs held open waiting for tool results")
+    keep_builtin_tools: bool = setting(
+        "CLAUDE_KEEP_BUILTIN_TOOLS", False, "keep Claude Code's own tools in requests that bring tools"
+    )
     log_level: str = setting(
         "PROXY_LOG_LEVEL", "info", "log level", ("debug", "info", "warning", "error"),
     )
@@ -94,6 +102,8 @@ CLAUDE_INSTALL_PLACES = (
     "/usr/local/bin/claude",
 )
 CHILD_ENV_DROPPED = ("CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT", "CLAUDE_PROXY_TOKEN")
+MCP_SERVER = "tools"
+MCP_PREFIX = f"mcp__{MCP_SERVER}__"
 SSE_DONE = "data: [DONE]\n\n"
 STDERR_TAIL_LINES = 40
 STOP_GRACE_S = 2.0
@@ -139,6 +149,12 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def self_url(settings: Settings) -> str:
+    """The proxy's own base URL as seen from this machine (Claude Code calls back to it for client tools)."""
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(settings.host, settings.host)
+    return f"http://[{host}]:{settings.port}" if ":" in host else f"http://{host}:{settings.port}"
 
 
 def find_claude(configured: str) -> str | None:
@@ -194,6 +210,17 @@ class ChatMessage(_Lenient):
     tool_call_id: str | None = None
 
 
+class FunctionDef(_Lenient):
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class ToolDef(_Lenient):
+    type: str = "function"
+    function: FunctionDef | None = None
+
+
 class StreamOptions(_Lenient):
     include_usage: bool = False
 
@@ -203,6 +230,8 @@ class ChatRequest(_Lenient):
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
+    tools: list[ToolDef] | None = None
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
     n: int | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
@@ -430,6 +459,74 @@ def check_request(req: ChatRequest) -> list[str]:
     return sorted(name for name in present if name in IGNORED_HINTS or name in (req.model_extra or {}))
 
 
+def function_of(tool: ToolDef, where: str) -> FunctionDef:
+    """The function a tool declares, nested as OpenAI sends it or flat as Cursor does."""
+    if tool.type != "function":
+        raise InvalidRequest(f"Unsupported tool type '{tool.type}'; only function tools are supported",
+                             param=f"{where}.type")
+    if tool.function is not None:
+        return tool.function
+    try:
+        return FunctionDef.model_validate(tool.model_extra or {})
+    except ValidationError as exc:
+        raise InvalidRequest(f"Invalid function tool at {where}", param=where) from exc
+
+
+def bridge_tools(req: ChatRequest) -> tuple[str, ...]:
+    """The request's tools as MCP tool definitions (canonical JSON, hashable), or () when none are exposed."""
+    if not req.tools or req.tool_choice == "none":
+        return ()
+    definitions = []
+    for i, tool in enumerate(req.tools):
+        function = function_of(tool, f"tools[{i}]")
+        schema = {"type": "object", "properties": {}, **(function.parameters or {})}
+        definitions.append(json.dumps({"name": function.name, "description": function.description or "",
+                                       "inputSchema": schema}, sort_keys=True))
+    return tuple(definitions)
+
+
+def tool_choice_instruction(req: ChatRequest) -> str | None:
+    """What tool_choice "required" or a named function asks of Claude, as a system instruction (best effort)."""
+    choice = req.tool_choice
+    if choice == "required":
+        return "Answer by calling one or more of the available tools."
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name")
+        names = [function_of(tool, f"tools[{i}]").name for i, tool in enumerate(req.tools or [])]
+        if name not in names:
+            raise InvalidRequest(f"tool_choice names '{name}', which is not in tools", param="tool_choice")
+        return f"Answer by calling the tool {name}."
+    return None
+
+
+def trailing_tool_results(messages: list[ChatMessage]) -> dict[str, str]:
+    """The tool results that end the conversation, by tool_call_id."""
+    results: dict[str, str] = {}
+    for i in range(len(messages) - 1, -1, -1):
+        message = messages[i]
+        if message.role != "tool" or not message.tool_call_id:
+            break
+        results[message.tool_call_id] = content_text(message.content, f"messages[{i}]")
+    return results
+
+
+def conversation_key(model: str, messages: list[ChatMessage]) -> str:
+    """A digest of a conversation's meaning (roles, texts, tool calls), blind to formatting clients change."""
+    digest = hashlib.sha256(model.encode())
+    for i, message in enumerate(messages):
+        calls = [(c.id, c.function.name, _canonical_json(c.function.arguments)) for c in message.tool_calls or []]
+        canonical = [message.role, content_text(message.content, f"messages[{i}]"), calls, message.tool_call_id]
+        digest.update(json.dumps(canonical, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def _canonical_json(text: str) -> str:
+    try:
+        return json.dumps(json.loads(text or "{}"), sort_keys=True)
+    except ValueError:
+        return text
+
+
 # ── 5. Claude Code runner ────────────────────────────────────────────────
 
 
@@ -440,9 +537,11 @@ class Launch:
     model: str | None = None
     system_prompt: str | None = None
     cwd: str | None = None
+    tools: tuple[str, ...] = ()
 
 
-def build_argv(claude_bin: str, settings: Settings, launch: Launch, system_prompt_file: str | None = None) -> list[str]:
+def build_argv(claude_bin: str, settings: Settings, launch: Launch, system_prompt_file: str | None = None,
+               mcp_url: str | None = None) -> list[str]:
     """The CLI's argv. The prompt is never in it: it goes on stdin as stream-json.
 
     Caller-controlled values use --flag=value so that a value starting with '-' cannot become a flag
@@ -462,6 +561,11 @@ def build_argv(claude_bin: str, settings: Settings, launch: Launch, system_promp
             argv.append(f"{flag}-file={system_prompt_file}")
         else:
             argv.append(f"{flag}={launch.system_prompt}")
+    if mcp_url:
+        config = {"mcpServers": {MCP_SERVER: {"type": "http", "url": mcp_url}}}
+        argv += [f"--mcp-config={json.dumps(config)}", "--strict-mcp-config", f"--allowedTools=mcp__{MCP_SERVER}"]
+        if not settings.keep_builtin_tools:
+            argv.append("--tools=")
     return argv
 
 
@@ -470,6 +574,7 @@ def child_env(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:
     env = {k: v for k, v in environ.items() if k not in CHILD_ENV_DROPPED}
     env.setdefault("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
     env["CLAUDE_CODE_MAX_RETRIES"] = str(settings.max_retries)
+    env["MCP_TOOL_TIMEOUT"] = str(int((settings.tool_wait + settings.timeout) * 1000))
     return env
 
 
@@ -523,6 +628,7 @@ class ClaudeProcess:
         ]
         self._stopping: asyncio.Task[None] | None = None
         self.interrupted: ProxyError | None = None
+        self.bridge: ToolBridge | None = None
 
     @classmethod
     async def spawn(cls, argv: list[str], env: dict[str, str], cwd: str, workdir: str,
@@ -666,6 +772,66 @@ class ClaudeProcess:
         _kill_all(tree | _descendants(self.pid))
 
 
+class ToolBridge:
+    """The client's tools, served over MCP by the proxy itself to one Claude Code process.
+
+    Claude calls them natively; each tools/call waits until the client sends the result in its next request.
+    Results may arrive before the CLI asks for them.
+    """
+
+    def __init__(self, tools: tuple[str, ...]) -> None:
+        self.secret = secrets.token_urlsafe(24)
+        self.tools = [json.loads(tool) for tool in tools]
+        self._results: dict[str, asyncio.Future[dict[str, Any]]] = {}
+
+    def _future(self, tool_use_id: str) -> asyncio.Future[dict[str, Any]]:
+        if tool_use_id not in self._results:
+            self._results[tool_use_id] = asyncio.get_running_loop().create_future()
+        return self._results[tool_use_id]
+
+    def deliver(self, tool_use_id: str, text: str) -> None:
+        future = self._future(tool_use_id)
+        if not future.done():
+            future.set_result({"content": [{"type": "text", "text": text}], "isError": False})
+
+    async def call(self, tool_use_id: str) -> dict[str, Any]:
+        return await asyncio.shield(self._future(tool_use_id))
+
+    def close(self) -> None:
+        for future in self._results.values():
+            future.cancel()
+
+
+async def answer_mcp(bridge: ToolBridge, message: dict[str, Any]) -> dict[str, Any] | None:
+    """The JSON-RPC reply to one MCP message from Claude Code (None for notifications)."""
+    if "id" not in message:
+        return None
+    params = message.get("params") or {}
+    match message.get("method"):
+        case "initialize":
+            result: dict[str, Any] = {
+                "protocolVersion": params.get("protocolVersion", "2025-06-18"),
+                "capabilities": {"tools": {"listChanged": False}},
+                "serverInfo": {"name": "claude-code-openai-proxy", "version": __version__},
+            }
+        case "ping":
+            result = {}
+        case "tools/list":
+            result = {"tools": bridge.tools}
+        case "tools/call":
+            tool_use_id = (params.get("_meta") or {}).get("claudecode/toolUseId")
+            if not tool_use_id:
+                return _jsonrpc_error(message["id"], -32602, "tools/call without _meta claudecode/toolUseId")
+            result = await bridge.call(tool_use_id)
+        case other:
+            return _jsonrpc_error(message["id"], -32601, f"Method not found: {other}")
+    return {"jsonrpc": "2.0", "id": message["id"], "result": result}
+
+
+def _jsonrpc_error(request_id: Any, code: int, message: str) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}
+
+
 class Admission:
     """At most `running` runs at once and `waiting` in line; beyond that, Overloaded."""
 
@@ -714,14 +880,22 @@ def upstream_auth_error(detail: str) -> UpstreamAuthError:
 
 
 class Run:
-    """One request's use of a Claude Code process: its events, checked, until the result or the deadline."""
+    """A Claude Code process at work for a request: its events, checked, until the result or the deadline.
 
-    def __init__(self, process: ClaudeProcess, deadline: float, release: Callable[[Run], Awaitable[None]]) -> None:
+    A run that stops to wait for the client's tools (`awaiting`) outlives its request: it is parked, and the request
+    carrying the tool results resumes it.
+    """
+
+    def __init__(self, process: ClaudeProcess, deadline: float, release: Callable[[Run], Awaitable[None]],
+                 key: str = "") -> None:
         self.process = process
         self.deadline = deadline
+        self.key = key
         self.done = False
         self.used_tools = False
         self.stop_reason: str | None = None
+        self.awaiting: tuple[str, ...] = ()
+        self._message_tools: list[str] = []
         self._release = release
         self._backlog: deque[dict[str, Any]] = deque()
         self._retry_delay_s: float | None = None
@@ -755,14 +929,26 @@ class Run:
         ):
             self.used_tools = True
         elif kind == "stream_event" and event.get("parent_tool_use_id") is None:
-            raw = event.get("event") or {}
-            if raw.get("type") == "message_delta":
-                self.stop_reason = (raw.get("delta") or {}).get("stop_reason")
+            self._follow_message(event.get("event") or {})
         elif kind == "result":
             self.done = True
             if event.get("is_error") and not self._ran_out(event):
                 raise result_error(event, self._retry_delay_s, self.used_tools)
         return event
+
+    def _follow_message(self, raw: dict[str, Any]) -> None:
+        """Note the stop reason, and the client tool calls a message ends with (the run then waits for them)."""
+        match raw.get("type"):
+            case "message_start":
+                self._message_tools = []
+            case "content_block_start":
+                block = raw.get("content_block") or {}
+                if block.get("type") == "tool_use" and str(block.get("name", "")).startswith(MCP_PREFIX):
+                    self._message_tools.append(block["id"])
+            case "message_delta":
+                self.stop_reason = (raw.get("delta") or {}).get("stop_reason")
+                if self.stop_reason == "tool_use" and self._message_tools:
+                    self.awaiting = tuple(self._message_tools)
 
     def _ran_out(self, result: dict[str, Any]) -> bool:
         """Whether an error result only means the answer was cut short (max turns, or max tokens after the
@@ -783,14 +969,21 @@ class Run:
                 return
 
     async def events(self, idle: float | None = None) -> AsyncIterator[dict[str, Any] | None]:
-        """Checked events up to and including the result; None after every `idle` seconds of silence."""
+        """Checked events up to the result or to client tool calls; None after every `idle` seconds of silence."""
         while self._backlog:
             yield self._backlog.popleft()
-        while not self.done:
+        while not self.done and not self.awaiting:
             yield await self._next(idle)
 
+    def resume(self, results: dict[str, str], deadline: float, key: str) -> None:
+        """Continue a parked run: hand the client's tool results to Claude Code."""
+        assert self.process.bridge is not None
+        for tool_use_id, text in results.items():
+            self.process.bridge.deliver(tool_use_id, text)
+        self.awaiting, self.deadline, self.key, self._closed = (), deadline, key, False
+
     async def close(self) -> None:
-        """Hand the process back (stopped unless the run completed); idempotent, safe when cancelled."""
+        """Hand the process back (parked, finished or stopped); idempotent, safe when cancelled."""
         if not self._closed:
             self._closed = True
             await asyncio.shield(self._release(self))
@@ -829,12 +1022,15 @@ class WarmPool:
         return None
 
     def learn(self, launch: Launch) -> None:
-        """Note that `launch` was just used, and refill in the background."""
-        if self.size <= 0:
-            return
-        self._recent.pop(launch, None)
-        self._recent[launch] = time.monotonic()
-        if self._refill is None or self._refill.done():
+        """Note that `launch` was just used."""
+        if self.size > 0:
+            self._recent.pop(launch, None)
+            self._recent[launch] = time.monotonic()
+
+    def refill(self) -> None:
+        """Start the processes the recent configurations lack, in the background. Called when a run ends:
+        starting CLIs while a run is answering would slow that answer on a small machine."""
+        if self.size > 0 and (self._refill is None or self._refill.done()):
             self._refill = asyncio.get_running_loop().create_task(self._fill())
 
     def targets(self) -> dict[Launch, int]:
@@ -886,6 +1082,9 @@ class Runner:
         self.admission = Admission(settings.max_concurrency, settings.max_queue)
         self.pool = WarmPool(settings.pool_size, settings.pool_idle_ttl, self.spawn, self.retire)
         self.live: set[ClaudeProcess] = set()
+        self.bridges: dict[str, ToolBridge] = {}
+        self.parked: dict[str, Run] = {}
+        self._park_timers: dict[Run, asyncio.TimerHandle] = {}
         self.closed = False
 
     def require_claude(self) -> str:
@@ -924,7 +1123,9 @@ class Runner:
             # Linux refuses a single argv string over 128 KiB (E2BIG); the CLI reads a file as well.
             prompt_file = os.path.join(workdir, ".system-prompt.txt")
             Path(prompt_file).write_text(launch.system_prompt)
-        argv = build_argv(claude_bin, self.settings, launch, prompt_file)
+        bridge = ToolBridge(launch.tools) if launch.tools else None
+        mcp_url = f"{self_url(self.settings)}/mcp/{bridge.secret}" if bridge else None
+        argv = build_argv(claude_bin, self.settings, launch, prompt_file, mcp_url)
         try:
             process = await ClaudeProcess.spawn(
                 argv, self.env, launch.cwd or workdir, workdir, self.settings.max_line_bytes
@@ -932,27 +1133,32 @@ class Runner:
         except ProxyError:
             shutil.rmtree(workdir, ignore_errors=True)
             raise
+        if bridge:
+            process.bridge = self.bridges[bridge.secret] = bridge
         self.live.add(process)
         if self.closed:  # shutdown began while this process was starting
             await self.retire(process)
             raise ShuttingDown("The proxy is shutting down", retry_after=5)
         return process
 
-    async def start(self, launch: Launch, prompt_text: str, deadline: float) -> Run:
-        """Admit, spawn and send the prompt; the returned Run must be closed."""
+    async def _admit(self, deadline: float) -> None:
         if self.closed:
             raise ShuttingDown("The proxy is shutting down", retry_after=5)
         try:
             await asyncio.wait_for(self.admission.acquire(), max(deadline - time.monotonic(), 0))
         except asyncio.TimeoutError:
             raise RunTimeout("Timed out waiting for a free Claude Code slot") from None
+
+    async def start(self, launch: Launch, prompt_text: str, deadline: float, key: str = "") -> Run:
+        """Admit, spawn (or take a warm process) and send the prompt; the returned Run must be closed."""
+        await self._admit(deadline)
         try:
             process = self.pool.take(launch) or await self.spawn(launch)
         except BaseException:
             self.admission.release()
             raise
         self.pool.learn(launch)
-        run = Run(process, deadline, self._release)
+        run = Run(process, deadline, self._release, key)
         try:
             # stdin stays open until the result is read: the CLI exits on EOF without flushing a large pending
             # write to stdout (a 300 KB result line was cut short on CLI 2.1.197).
@@ -962,13 +1168,67 @@ class Runner:
             raise
         return run
 
+    async def resume(self, model: str, messages: list[ChatMessage], deadline: float) -> Run | None:
+        """The parked run this request continues with its tool results, resumed; None when there is none.
+
+        The request must answer every call the run waits for, after exactly the conversation that led to them;
+        a parked run whose calls the conversation left unanswered (the client moved on) is ended.
+        """
+        results = trailing_tool_results(messages)
+        await self._end_superseded(messages, results)
+        run = self.parked.get(next(iter(results), ""))
+        if run is None:
+            return None
+        history = messages[: len(messages) - len(results) - 1]
+        if set(run.awaiting) != set(results) or conversation_key(model, history) != run.key:
+            await self._end_parked(run)
+            return None
+        self._unpark(run)
+        try:
+            await self._admit(deadline)
+        except BaseException:
+            self._park(run)
+            raise
+        run.resume(results, deadline, conversation_key(model, messages))
+        return run
+
+    async def _end_superseded(self, messages: list[ChatMessage], results: dict[str, str]) -> None:
+        called = {call.id for m in messages if m.role == "assistant" for call in m.tool_calls or []}
+        runs = {run for call_id, run in self.parked.items() if call_id in called}
+        await asyncio.gather(*(self._end_parked(run) for run in runs if not set(run.awaiting) <= set(results)))
+
+    def _park(self, run: Run) -> None:
+        for call_id in run.awaiting:
+            self.parked[call_id] = run
+        loop = asyncio.get_running_loop()
+        self._park_timers[run] = loop.call_later(
+            self.settings.tool_wait, lambda: loop.create_task(self._end_parked(run))
+        )
+        if len(self._park_timers) > self.settings.max_parked:
+            loop.create_task(self._end_parked(next(iter(self._park_timers))))
+
+    def _unpark(self, run: Run) -> None:
+        for call_id in run.awaiting:
+            self.parked.pop(call_id, None)
+        if timer := self._park_timers.pop(run, None):
+            timer.cancel()
+
+    async def _end_parked(self, run: Run) -> None:
+        self._unpark(run)
+        await self.retire(run.process)
+
     async def _release(self, run: Run) -> None:
         try:
-            if run.done:
-                await run.process.finish()
-            await self.retire(run.process)
+            if run.awaiting and not run.done and run.process.alive and not self.closed:
+                self._park(run)  # waits for the client's tool results, holding no run slot
+            else:
+                if run.done:
+                    await run.process.finish()
+                await self.retire(run.process)
         finally:
             self.admission.release()
+            if not self.closed:
+                self.pool.refill()
 
     async def maintain(self) -> None:
         """Expire idle warm processes, for as long as the app runs."""
@@ -983,39 +1243,43 @@ class Runner:
             await process.stop()
         finally:
             self.live.discard(process)
+            if process.bridge:
+                self.bridges.pop(process.bridge.secret, None)
+                process.bridge.close()
 
     async def stop_all(self) -> None:
         """Refuse new runs and stop every process (shutdown)."""
         self.closed = True
         self.pool.close()
+        for run in list(self._park_timers):
+            self._unpark(run)
         reason = ShuttingDown("The run was stopped: the proxy is shutting down", retry_after=5)
         await asyncio.gather(*(process.stop(reason) for process in list(self.live)), return_exceptions=True)
 
 
 # ── 6. Translation to OpenAI ─────────────────────────────────────────────
 
-FINISH_REASONS = {"max_tokens": "length", "tool_use": "tool_calls"}
-
-
-def usage_from_result(result: dict[str, Any]) -> dict[str, Any]:
-    """OpenAI usage from the CLI's result.
+def openai_usage(tokens: Mapping[str, int], cost: float | None) -> dict[str, Any]:
+    """OpenAI usage from Anthropic token counts.
 
     prompt_tokens counts every input token the model read: fresh input plus cache reads plus cache writes, so that
-    prompt_tokens >= cached_tokens as OpenAI clients assume. The run's cost (side requests included) is
-    reported as usage.total_cost_usd.
+    prompt_tokens >= cached_tokens as OpenAI clients assume. `cost` (Claude Code's total_cost_usd for the run,
+    side requests included) is reported as usage.total_cost_usd.
     """
-    usage = result.get("usage") or {}
-    cached = int(usage.get("cache_read_input_tokens") or 0)
-    written = int(usage.get("cache_creation_input_tokens") or 0)
-    prompt = int(usage.get("input_tokens") or 0) + cached + written
-    completion = int(usage.get("output_tokens") or 0)
+    cached = tokens.get("cache_read_input_tokens", 0)
+    written = tokens.get("cache_creation_input_tokens", 0)
+    prompt = tokens.get("input_tokens", 0) + cached + written
+    completion = tokens.get("output_tokens", 0)
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
         "prompt_tokens_details": {"cached_tokens": cached, "cache_write_tokens": written},
-        "total_cost_usd": result.get("total_cost_usd"),
+        "total_cost_usd": cost,
     }
+
+
+INPUT_TOKEN_FIELDS = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
 
 
 class CompletionBuilder:
@@ -1023,7 +1287,8 @@ class CompletionBuilder:
 
     The stream and the non-streamed completion are built from the same events by the same code, so they agree.
     Only top-level turns count (subagents' events carry a parent_tool_use_id); the text of successive assistant
-    turns is separated by a blank line.
+    turns is separated by a blank line. Calls of the client's tools (MCP_PREFIX) become tool_calls; usage is the
+    sum over the API calls this response covers.
     """
 
     def __init__(self, model: str, include_usage: bool = False) -> None:
@@ -1033,10 +1298,16 @@ class CompletionBuilder:
         self.include_usage = include_usage
         self.text: list[str] = []
         self.reasoning: list[str] = []
-        self.usage: dict[str, Any] | None = None
-        self.stop_reason: str | None = None
+        self.tool_calls: list[dict[str, Any]] = []
+        self.tokens: dict[str, int] = dict.fromkeys((*INPUT_TOKEN_FIELDS, "output_tokens"), 0)
+        self.cost: float | None = None
         self.finish_reason = "stop"
         self._message_has_text = False
+        self._block_calls: dict[int, int] = {}  # content block index -> index in tool_calls
+
+    @property
+    def usage(self) -> dict[str, Any]:
+        return openai_usage(self.tokens, self.cost)
 
     def chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
         return {
@@ -1053,23 +1324,59 @@ class CompletionBuilder:
             case "stream_event" if event.get("parent_tool_use_id") is None:
                 return self._stream_event(event.get("event") or {})
             case "result":
-                self._result(event)
+                self.cost = event.get("total_cost_usd")
+                if event.get("subtype") == "error_max_turns":
+                    self.finish_reason = "length"
         return []
 
     def _stream_event(self, raw: dict[str, Any]) -> list[dict[str, Any]]:
         match raw.get("type"):
             case "message_start":
-                self._message_has_text = False
+                self._start_message((raw.get("message") or {}).get("usage") or {})
+            case "content_block_start":
+                return self._start_block(raw.get("index", 0), raw.get("content_block") or {})
             case "content_block_delta":
-                delta = raw.get("delta") or {}
-                if delta.get("type") == "text_delta" and delta.get("text"):
-                    return [self._text_chunk(delta["text"])]
-                if delta.get("type") == "thinking_delta" and delta.get("thinking"):
-                    self.reasoning.append(delta["thinking"])
-                    return [self.chunk({"reasoning_content": delta["thinking"]})]
+                return self._delta(raw.get("index", 0), raw.get("delta") or {})
+            case "content_block_stop" if raw.get("index", 0) in self._block_calls:
+                call = self._block_calls[raw.get("index", 0)]
+                if not self.tool_calls[call]["function"]["arguments"]:
+                    return [self._arguments_chunk(call, "{}")]
             case "message_delta":
-                self.stop_reason = (raw.get("delta") or {}).get("stop_reason") or self.stop_reason
+                self.tokens["output_tokens"] += int((raw.get("usage") or {}).get("output_tokens") or 0)
+                self._stop((raw.get("delta") or {}).get("stop_reason"))
         return []
+
+    def _start_message(self, usage: dict[str, Any]) -> None:
+        self._message_has_text = False
+        self._block_calls = {}
+        for name in INPUT_TOKEN_FIELDS:
+            self.tokens[name] += int(usage.get(name) or 0)
+
+    def _start_block(self, index: int, block: dict[str, Any]) -> list[dict[str, Any]]:
+        name = str(block.get("name", ""))
+        if block.get("type") != "tool_use" or not name.startswith(MCP_PREFIX):
+            return []
+        def call() -> dict[str, Any]:
+            return {"id": block["id"], "type": "function", "function": {"name": name[len(MCP_PREFIX):], "arguments": ""}}
+
+        self._block_calls[index] = len(self.tool_calls)
+        self.tool_calls.append(call())
+        return [self.chunk({"tool_calls": [{"index": self._block_calls[index], **call()}]})]
+
+    def _delta(self, index: int, delta: dict[str, Any]) -> list[dict[str, Any]]:
+        match delta.get("type"):
+            case "text_delta" if delta.get("text"):
+                return [self._text_chunk(delta["text"])]
+            case "thinking_delta" if delta.get("thinking"):
+                self.reasoning.append(delta["thinking"])
+                return [self.chunk({"reasoning_content": delta["thinking"]})]
+            case "input_json_delta" if delta.get("partial_json") and index in self._block_calls:
+                return [self._arguments_chunk(self._block_calls[index], delta["partial_json"])]
+        return []
+
+    def _arguments_chunk(self, call: int, fragment: str) -> dict[str, Any]:
+        self.tool_calls[call]["function"]["arguments"] += fragment
+        return self.chunk({"tool_calls": [{"index": call, "function": {"arguments": fragment}}]})
 
     def _text_chunk(self, text: str) -> dict[str, Any]:
         if not self._message_has_text and self.text:
@@ -1078,10 +1385,13 @@ class CompletionBuilder:
         self.text.append(text)
         return self.chunk({"content": text})
 
-    def _result(self, result: dict[str, Any]) -> None:
-        self.usage = usage_from_result(result)
-        if result.get("subtype") == "error_max_turns" or self.stop_reason == "max_tokens":
+    def _stop(self, stop_reason: str | None) -> None:
+        if stop_reason == "tool_use" and self._block_calls:
+            self.finish_reason = "tool_calls"
+        elif stop_reason == "max_tokens":
             self.finish_reason = "length"
+        elif stop_reason is not None:
+            self.finish_reason = "stop"
 
     def finish(self) -> list[dict[str, Any]]:
         """The finish chunk, and the usage chunk when the client asked for one."""
@@ -1094,7 +1404,11 @@ class CompletionBuilder:
         return self.chunk({})
 
     def completion(self) -> dict[str, Any]:
-        message: dict[str, Any] = {"role": "assistant", "content": "".join(self.text), "refusal": None}
+        text = "".join(self.text)
+        message: dict[str, Any] = {"role": "assistant", "content": text or (None if self.tool_calls else ""),
+                                   "refusal": None}
+        if self.tool_calls:
+            message["tool_calls"] = self.tool_calls
         if self.reasoning:
             message["reasoning_content"] = "".join(self.reasoning)
         return {
@@ -1174,7 +1488,7 @@ async def until_disconnect(request: Request, work: Awaitable[dict[str, Any]]) ->
 
 
 def log_request(builder: CompletionBuilder, stream: bool, status: str, started: float) -> None:
-    usage = builder.usage or {}
+    usage = builder.usage
     logger.info(
         "%s model=%s stream=%s status=%s duration=%.2fs prompt_tokens=%s completion_tokens=%s cost_usd=%s",
         builder.id, builder.model, stream, status, time.monotonic() - started,
@@ -1184,13 +1498,10 @@ def log_request(builder: CompletionBuilder, stream: bool, status: str, started: 
 
 async def collect(run: Run, builder: CompletionBuilder) -> dict[str, Any]:
     """The whole completion of a run (stream=false)."""
-    try:
-        async for event in run.events():
-            if event is not None:
-                builder.feed(event)
-        return builder.completion()
-    finally:
-        await run.close()
+    async for event in run.events():
+        if event is not None:
+            builder.feed(event)
+    return builder.completion()
 
 
 async def stream_body(run: Run, builder: CompletionBuilder, keepalive: float,
@@ -1201,23 +1512,24 @@ async def stream_body(run: Run, builder: CompletionBuilder, keepalive: float,
     """
     error: ProxyError | None = None
     try:
-        yield sse(builder.role_chunk())
-        async for event in run.events(idle=keepalive):
-            for chunk in [builder.keepalive_chunk()] if event is None else builder.feed(event):
+        try:
+            yield sse(builder.role_chunk())
+            async for event in run.events(idle=keepalive):
+                for chunk in [builder.keepalive_chunk()] if event is None else builder.feed(event):
+                    yield sse(chunk)
+            for chunk in builder.finish():
                 yield sse(chunk)
-        for chunk in builder.finish():
-            yield sse(chunk)
-    except ProxyError as exc:
-        error = exc
-        yield sse(error_envelope(exc))
-    except Exception:
-        logger.exception("%s failed while streaming", builder.id)
-        error = ProxyError("Internal error while streaming")
-        yield sse(error_envelope(error))
+        except ProxyError as exc:
+            error = exc
+        except Exception:
+            logger.exception("%s failed while streaming", builder.id)
+            error = ProxyError("Internal error while streaming")
+        if error is not None:
+            yield sse(error_envelope(error))
+        yield SSE_DONE  # before the run is closed: the client need not wait for the CLI to exit
     finally:
         await run.close()
         on_end(error)
-    yield SSE_DONE
 
 
 def model_card(model_id: str) -> dict[str, Any]:
@@ -1283,18 +1595,36 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         resolve_model(model_id, settings)
         return model_card(model_id)
 
+    async def start_run(req: ChatRequest, deadline: float) -> Run:
+        """Continue the parked run this request brings tool results for, or start a new one."""
+        model = resolve_model(req.model, settings)
+        tools = bridge_tools(req)
+        prompt = build_prompt(req.messages, settings.system_prompt_mode)
+        if tools and (run := await runner.resume(req.model, req.messages, deadline)):
+            return run
+        system = "\n\n".join(x for x in (prompt.system, tool_choice_instruction(req)) if x) or None
+        launch = Launch(model=model, system_prompt=system, cwd=settings.cwd or None, tools=tools)
+        return await runner.start(launch, prompt.text, deadline, conversation_key(req.model, req.messages))
+
+    @app.post("/mcp/{secret}")
+    async def mcp(secret: str, request: Request) -> Response:
+        # Claude Code's MCP client calls back here for the client's tools; the unguessable path is the credential.
+        bridge = runner.bridges.get(secret)
+        if bridge is None:
+            raise NotFound("No such tool bridge")
+        message = await read_json(request, settings.max_body_bytes)
+        reply = await answer_mcp(bridge, message) if isinstance(message, dict) else None
+        return JSONResponse(reply) if reply is not None else Response(status_code=202)
+
     async def chat_completions(request: Request) -> Response:
         started = time.monotonic()
         check_token(request, settings.token)
         req = parse_chat_request(await read_json(request, settings.max_body_bytes))
         if ignored := check_request(req):
             logger.debug("ignoring request fields: %s", ", ".join(ignored))
-        launch = Launch(model=resolve_model(req.model, settings), cwd=settings.cwd or None)
-        prompt = build_prompt(req.messages, settings.system_prompt_mode)
-        launch = dataclasses.replace(launch, system_prompt=prompt.system)
         builder = CompletionBuilder(req.model, bool(req.stream_options and req.stream_options.include_usage))
         try:
-            run = await runner.start(launch, prompt.text, started + settings.timeout)
+            run = await start_run(req, started + settings.timeout)
             try:
                 await run.prime(settings.keepalive)
             except BaseException:
@@ -1313,10 +1643,14 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         try:
             completion = await until_disconnect(request, collect(run, builder))
         except ProxyError as exc:
+            await run.close()
             log_request(builder, False, f"{exc.status} {exc.code}", started)
             raise
         log_request(builder, False, "200" if completion else "499 client gone", started)
-        return JSONResponse(completion) if completion else Response(status_code=499)
+        if completion is None:
+            await run.close()
+            return Response(status_code=499)
+        return JSONResponse(completion, background=BackgroundTask(run.close))
 
     for path in ("/v1/chat/completions", "/chat/completions"):
         app.add_api_route(path, chat_completions, methods=["POST"])

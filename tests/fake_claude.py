@@ -30,7 +30,8 @@ def emit(event):
 def text_events(text):
     yield {"type": "system", "subtype": "init", "session_id": "fake-session", "model": "fake"}
     yield {"type": "stream_event", "parent_tool_use_id": None,
-           "event": {"type": "message_start", "message": {"id": "msg_fake", "usage": {"input_tokens": 3}}}}
+           "event": {"type": "message_start", "message": {"id": "msg_fake", "usage": {
+               "input_tokens": 3, "cache_read_input_tokens": 2, "cache_creation_input_tokens": 1, "output_tokens": 1}}}}
     step = max(1, len(text) // 3)
     for i in range(0, len(text), step):
         yield {"type": "stream_event", "parent_tool_use_id": None,

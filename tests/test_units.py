@@ -173,8 +173,10 @@ def test_argv_passes_model_and_system_prompt_as_single_flag_words() -> None:
 
 
 def test_child_env_drops_nesting_markers_and_the_proxy_token() -> None:
-    env = main.child_env(Settings(max_retries=2), {"CLAUDECODE": "1", "CLAUDE_PROXY_TOKEN": "t", "PATH": "/bin"})
-    assert env == {"PATH": "/bin", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "CLAUDE_CODE_MAX_RETRIES": "2"}
+    env = main.child_env(Settings(max_retries=2, tool_wait=60, timeout=30),
+                         {"CLAUDECODE": "1", "CLAUDE_PROXY_TOKEN": "t", "PATH": "/bin"})
+    assert env == {"PATH": "/bin", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "CLAUDE_CODE_MAX_RETRIES": "2",
+                   "MCP_TOOL_TIMEOUT": "90000"}
     kept = main.child_env(Settings(), {"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "0"})
     assert kept["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] == "0"
 
@@ -228,25 +230,55 @@ def text_delta(text: str) -> dict:
 RESULT = {"type": "result", "subtype": "success", "is_error": False, "total_cost_usd": 0.5,
           "usage": {"input_tokens": 10, "output_tokens": 7, "cache_read_input_tokens": 100,
                     "cache_creation_input_tokens": 20}}
+def message_start(**usage: int) -> dict:
+    return stream_event({"type": "message_start", "message": {"usage": {"output_tokens": 1, **usage}}})
+
+
+def message_delta(stop_reason: str, output_tokens: int) -> dict:
+    return stream_event({"type": "message_delta", "delta": {"stop_reason": stop_reason},
+                         "usage": {"output_tokens": output_tokens}})
+
+
 TWO_TURNS = [
     {"type": "system", "subtype": "init"},
-    stream_event({"type": "message_start", "message": {}}),
+    message_start(input_tokens=10, cache_read_input_tokens=100),
     text_delta("I'll look."),
     {"type": "assistant", "message": {"content": [{"type": "text", "text": "I'll look."}]}},
     stream_event({"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "hm"}}),
-    stream_event({"type": "message_start", "message": {}}, parent="toolu_sub"),
+    stream_event({"type": "content_block_start", "index": 1,
+                  "content_block": {"type": "tool_use", "id": "toolu_bash", "name": "Bash", "input": {}}}),
+    message_delta("tool_use", 4),
+    stream_event({"type": "message_start", "message": {"usage": {"input_tokens": 999}}}, parent="toolu_sub"),
     stream_event({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "SUB"}},
                  parent="toolu_sub"),
-    stream_event({"type": "message_start", "message": {}}),
+    message_start(input_tokens=5, cache_creation_input_tokens=20),
     text_delta("Found "),
     text_delta("it."),
-    stream_event({"type": "message_delta", "delta": {"stop_reason": "end_turn"}}),
+    message_delta("end_turn", 3),
     RESULT,
 ]
 
 
+def tool_block(index: int, tool_id: str, name: str, *fragments: str) -> list[dict]:
+    start = {"type": "content_block_start", "index": index,
+             "content_block": {"type": "tool_use", "id": tool_id, "name": name, "input": {}}}
+    deltas = [{"type": "content_block_delta", "index": index,
+               "delta": {"type": "input_json_delta", "partial_json": fragment}} for fragment in fragments]
+    return [stream_event(e) for e in (start, *deltas, {"type": "content_block_stop", "index": index})]
+
+
+CLIENT_TOOL_TURN = [
+    message_start(input_tokens=30),
+    text_delta("Checking."),
+    *tool_block(1, "toolu_a", "mcp__tools__get_weather", '{"city": ', '"Paris"}'),
+    *tool_block(2, "toolu_b", "mcp__tools__get_time"),
+    message_delta("tool_use", 9),
+]
+
+
 def test_usage_counts_cache_reads_and_writes_as_prompt_tokens() -> None:
-    assert main.usage_from_result(RESULT) == {
+    tokens = {"input_tokens": 10, "output_tokens": 7, "cache_read_input_tokens": 100, "cache_creation_input_tokens": 20}
+    assert main.openai_usage(tokens, 0.5) == {
         "prompt_tokens": 130, "completion_tokens": 7, "total_tokens": 137,
         "prompt_tokens_details": {"cached_tokens": 100, "cache_write_tokens": 20}, "total_cost_usd": 0.5,
     }
@@ -261,7 +293,10 @@ def test_stream_chunks_are_valid_openai_chunks_with_turns_separated() -> None:
     text = "".join(c.choices[0].delta.content or "" for c in parsed if c.choices)
     assert text == "I'll look.\n\nFound it."
     assert [c.choices[0].finish_reason for c in parsed if c.choices and c.choices[0].finish_reason] == ["stop"]
-    assert parsed[-1].choices == [] and parsed[-1].usage.prompt_tokens == 130
+    assert not any(c.choices and c.choices[0].delta.tool_calls for c in parsed)
+    usage = parsed[-1].usage
+    assert parsed[-1].choices == [] and (usage.prompt_tokens, usage.completion_tokens) == (135, 7)
+    assert usage.prompt_tokens_details.cached_tokens == 100 and usage.model_extra["total_cost_usd"] == 0.5
     assert any(c.get("reasoning_content") == "hm" for c in (ch["choices"][0]["delta"] for ch in chunks[:-1]))
 
 
@@ -272,8 +307,32 @@ def test_completion_has_the_same_text_as_the_stream() -> None:
     completion = ChatCompletion.model_validate(builder.completion())
     assert completion.choices[0].message.content == "I'll look.\n\nFound it."
     assert completion.choices[0].finish_reason == "stop"
-    assert completion.usage.total_tokens == 137
+    assert completion.usage.total_tokens == 142
     assert builder.completion()["choices"][0]["message"]["reasoning_content"] == "hm"
+
+
+def test_client_tool_calls_stream_as_tool_call_deltas() -> None:
+    builder = CompletionBuilder("claude-code", include_usage=True)
+    chunks = [builder.role_chunk(), *(c for e in CLIENT_TOOL_TURN for c in builder.feed(e)), *builder.finish()]
+    parsed = [ChatCompletionChunk.model_validate(c) for c in chunks]
+    deltas = [call for c in parsed if c.choices for call in c.choices[0].delta.tool_calls or []]
+    assert [(d.index, d.id, d.function.name) for d in deltas if d.id] == [(0, "toolu_a", "get_weather"),
+                                                                          (1, "toolu_b", "get_time")]
+    arguments = {i: "".join(d.function.arguments or "" for d in deltas if d.index == i) for i in (0, 1)}
+    assert json.loads(arguments[0]) == {"city": "Paris"} and arguments[1] == "{}"
+    assert [c.choices[0].finish_reason for c in parsed if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
+    assert parsed[-1].usage.prompt_tokens == 30
+
+
+def test_client_tool_calls_in_a_completion() -> None:
+    builder = CompletionBuilder("claude-code")
+    for event in CLIENT_TOOL_TURN:
+        builder.feed(event)
+    completion = ChatCompletion.model_validate(builder.completion())
+    message = completion.choices[0].message
+    assert completion.choices[0].finish_reason == "tool_calls" and message.content == "Checking."
+    assert [(c.id, c.function.name, c.function.arguments) for c in message.tool_calls] == [
+        ("toolu_a", "get_weather", '{"city": "Paris"}'), ("toolu_b", "get_time", "{}")]
 
 
 def test_no_usage_chunk_unless_asked() -> None:
@@ -283,8 +342,8 @@ def test_no_usage_chunk_unless_asked() -> None:
 
 
 @pytest.mark.parametrize("events", [
-    [{**RESULT, "subtype": "error_max_turns", "is_error": True}],
-    [stream_event({"type": "message_delta", "delta": {"stop_reason": "max_tokens"}}), RESULT],
+    [message_delta("tool_use", 1), {**RESULT, "subtype": "error_max_turns", "is_error": True}],
+    [message_delta("max_tokens", 1), RESULT],
 ])
 def test_max_turns_and_max_tokens_finish_with_length(events: list[dict]) -> None:
     builder = CompletionBuilder("m")
