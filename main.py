@@ -83,11 +83,17 @@ class Settings:
     max_retries: int = setting("CLAUDE_CODE_MAX_RETRIES", 3, "API retries inside Claude Code (its default is 10)")
     keepalive: float = setting("CLAUDE_KEEPALIVE", 15.0, "seconds of silence before a keep-alive chunk")
     pool_size: int = setting("CLAUDE_POOL_SIZE", 2, "idle pre-started CLI processes kept warm; 0 disables")
-    pool_idle_ttl: float = setting("CLAUDE_POOL_IDLE_TTL", 600.0, "seconds a warm process may stay idle")
+    pool_idle_ttl: float = setting("CLAUDE_POOL_IDLE_TTL", 600.0, "seconds an idle CLI process stays alive")
     tool_wait: float = setting("CLAUDE_TOOL_WAIT", 600.0, "seconds a run waits for the client's tool results")
     max_parked: int = setting("CLAUDE_MAX_PARKED", 16, "runs held open waiting for tool results")
     keep_builtin_tools: bool = setting(
         "CLAUDE_KEEP_BUILTIN_TOOLS", False, "keep Claude Code's own tools in requests that bring tools"
+    )
+    sessions: bool = setting("CLAUDE_SESSIONS", True, "resume the Claude Code session of a conversation that goes on")
+    max_live_sessions: int = setting("CLAUDE_MAX_LIVE_SESSIONS", 4, "conversations whose CLI stays alive between turns")
+    session_ttl: float = setting("CLAUDE_SESSION_TTL", 86400.0, "seconds a conversation can be resumed after a turn")
+    state_dir: str = setting(
+        "CLAUDE_STATE_DIR", "~/.local/state/claude-code-openai-proxy", "the session map and conversation folders"
     )
     log_level: str = setting(
         "PROXY_LOG_LEVEL", "info", "log level", ("debug", "info", "warning", "error"),
@@ -510,14 +516,22 @@ def trailing_tool_results(messages: list[ChatMessage]) -> dict[str, str]:
     return results
 
 
-def conversation_key(model: str, messages: list[ChatMessage]) -> str:
-    """A digest of a conversation's meaning (roles, texts, tool calls), blind to formatting clients change."""
-    digest = hashlib.sha256(model.encode())
+def prefix_keys(model: str, messages: list[ChatMessage]) -> list[str]:
+    """The conversation key of every prefix: keys[i] covers messages[:i + 1].
+
+    A key digests a conversation's meaning (model, roles, texts, tool calls), blind to formatting clients change
+    when they send the history back (content as parts, JSON spacing)."""
+    digest, keys = hashlib.sha256(model.encode()), []
     for i, message in enumerate(messages):
         calls = [(c.id, c.function.name, _canonical_json(c.function.arguments)) for c in message.tool_calls or []]
         canonical = [message.role, content_text(message.content, f"messages[{i}]"), calls, message.tool_call_id]
         digest.update(json.dumps(canonical, sort_keys=True).encode())
-    return digest.hexdigest()
+        keys.append(digest.hexdigest())
+    return keys
+
+
+def conversation_key(model: str, messages: list[ChatMessage]) -> str:
+    return prefix_keys(model, messages)[-1] if messages else hashlib.sha256(model.encode()).hexdigest()
 
 
 def _canonical_json(text: str) -> str:
@@ -538,6 +552,8 @@ class Launch:
     system_prompt: str | None = None
     cwd: str | None = None
     tools: tuple[str, ...] = ()
+    persist: bool = False
+    resume: str | None = None
 
 
 def build_argv(claude_bin: str, settings: Settings, launch: Launch, system_prompt_file: str | None = None,
@@ -551,8 +567,11 @@ def build_argv(claude_bin: str, settings: Settings, launch: Launch, system_promp
         claude_bin, "-p",
         "--input-format=stream-json", "--output-format=stream-json", "--verbose", "--include-partial-messages",
         f"--max-turns={settings.max_turns}", f"--permission-mode={settings.permission_mode}",
-        "--no-session-persistence",
     ]
+    if not launch.persist:
+        argv.append("--no-session-persistence")
+    if launch.resume:
+        argv.append(f"--resume={launch.resume}")
     if launch.model:
         argv.append(f"--model={launch.model}")
     if launch.system_prompt is not None:
@@ -629,6 +648,8 @@ class ClaudeProcess:
         self._stopping: asyncio.Task[None] | None = None
         self.interrupted: ProxyError | None = None
         self.bridge: ToolBridge | None = None
+        self.cwd = workdir
+        self.owns_cwd = False  # a conversation folder made for this process, removed with it unless a session keeps it
 
     @classmethod
     async def spawn(cls, argv: list[str], env: dict[str, str], cwd: str, workdir: str,
@@ -759,6 +780,8 @@ class ClaudeProcess:
         for reader in self._readers:
             reader.cancel()
         shutil.rmtree(self.workdir, ignore_errors=True)
+        if self.owns_cwd:
+            shutil.rmtree(self.cwd, ignore_errors=True)
 
     async def finish(self) -> None:
         """Let a process whose work is done exit on its own (stdin closed) and end what it left running;
@@ -895,6 +918,8 @@ class Run:
         self.used_tools = False
         self.stop_reason: str | None = None
         self.awaiting: tuple[str, ...] = ()
+        self.session_id: str | None = None
+        self.reply_key: str | None = None  # the conversation's key once the client has the whole reply
         self._message_tools: list[str] = []
         self._release = release
         self._backlog: deque[dict[str, Any]] = deque()
@@ -919,6 +944,7 @@ class Run:
 
     def _check(self, event: dict[str, Any]) -> dict[str, Any]:
         kind, subtype = event.get("type"), event.get("subtype")
+        self.session_id = event.get("session_id") or self.session_id
         if kind == "system" and subtype == "api_retry":
             self._retry_delay_s = (event.get("retry_delay_ms") or 0) / 1000 or None
             if event.get("error_status") in (401, 403):
@@ -1071,6 +1097,90 @@ class WarmPool:
             self._refill.cancel()
 
 
+@dataclass
+class Session:
+    """A conversation this proxy answered: the Claude Code session to resume, in its folder, and maybe its process."""
+
+    session_id: str
+    cwd: str
+    owned: bool
+    updated: float
+    process: ClaudeProcess | None = None
+
+
+class SessionStore:
+    """Conversations by the key of their messages so far, the reply included (see prefix_keys).
+
+    A request whose history is such a conversation plus new user turns continues it: the kept CLI process gets just
+    the new turn, or, once that process is gone, `--resume` replays the session from disk. The map is saved in
+    `path`, so it outlives a restart; entries expire after `ttl` seconds, and at most `max_live` processes are kept.
+    """
+
+    def __init__(self, path: Path, max_live: int, ttl: float) -> None:
+        self.path = path
+        self.max_live = max_live
+        self.ttl = ttl
+        self.sessions: dict[str, Session] = self._load()
+
+    def _load(self) -> dict[str, Session]:
+        try:
+            saved = json.loads(self.path.read_text())
+            return {key: Session(**entry) for key, entry in saved.items()}
+        except (OSError, ValueError, TypeError):
+            return {}
+
+    def save(self) -> None:
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        entries = {key: {f: getattr(s, f) for f in ("session_id", "cwd", "owned", "updated")}
+                   for key, s in self.sessions.items()}
+        temporary = self.path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(entries))
+        temporary.chmod(0o600)
+        temporary.replace(self.path)
+
+    def find(self, model: str, messages: list[ChatMessage]) -> tuple[str, int] | None:
+        """The key of the longest known conversation the request continues with new user turns, and where those
+        turns start."""
+        keys = prefix_keys(model, messages)
+        for i in range(len(messages) - 2, -1, -1):
+            if messages[i].role == "assistant" and keys[i] in self.sessions:
+                new_turns = messages[i + 1:]
+                return (keys[i], i + 1) if all(m.role == "user" for m in new_turns) else None
+        return None
+
+    def take(self, key: str) -> Session:
+        session = self.sessions.pop(key)
+        self.save()
+        return session
+
+    def keep(self, key: str, session: Session) -> list[ClaudeProcess]:
+        """Remember a conversation; returns the processes beyond max_live, least recently used first, to stop."""
+        self.sessions[key] = session
+        self.save()
+        live = sorted((s for s in self.sessions.values() if s.process), key=lambda s: s.updated)
+        evicted: list[ClaudeProcess] = []
+        for old in live[: max(0, len(live) - self.max_live)]:
+            assert old.process is not None
+            evicted.append(old.process)
+            old.process = None
+        return evicted
+
+    def expire(self, idle_ttl: float) -> tuple[list[ClaudeProcess], list[str]]:
+        """Processes idle longer than idle_ttl, and the folders of conversations older than ttl (both to remove)."""
+        now, processes, folders = time.time(), [], []
+        for key, session in list(self.sessions.items()):
+            if session.process and now - session.updated > idle_ttl:
+                processes.append(session.process)
+                session.process = None
+            if now - session.updated > self.ttl:
+                del self.sessions[key]
+                folders += [session.cwd] if session.owned else []
+                processes += [session.process] if session.process else []
+        if folders:
+            self.save()
+        return processes, folders
+
+
 class Runner:
     """Starts, tracks and stops Claude Code processes for the app; the only owner of CLI processes."""
 
@@ -1085,6 +1195,10 @@ class Runner:
         self.bridges: dict[str, ToolBridge] = {}
         self.parked: dict[str, Run] = {}
         self._park_timers: dict[Run, asyncio.TimerHandle] = {}
+        self.state_dir = Path(settings.state_dir).expanduser()
+        self.sessions = SessionStore(
+            self.state_dir / "sessions.json", settings.max_live_sessions, settings.session_ttl
+        ) if settings.sessions else None
         self.closed = False
 
     def require_claude(self) -> str:
@@ -1126,13 +1240,13 @@ class Runner:
         bridge = ToolBridge(launch.tools) if launch.tools else None
         mcp_url = f"{self_url(self.settings)}/mcp/{bridge.secret}" if bridge else None
         argv = build_argv(claude_bin, self.settings, launch, prompt_file, mcp_url)
+        cwd = launch.cwd or (self._new_conversation_folder() if launch.persist else workdir)
         try:
-            process = await ClaudeProcess.spawn(
-                argv, self.env, launch.cwd or workdir, workdir, self.settings.max_line_bytes
-            )
+            process = await ClaudeProcess.spawn(argv, self.env, cwd, workdir, self.settings.max_line_bytes)
         except ProxyError:
             shutil.rmtree(workdir, ignore_errors=True)
             raise
+        process.cwd, process.owns_cwd = cwd, cwd != workdir and launch.cwd is None
         if bridge:
             process.bridge = self.bridges[bridge.secret] = bridge
         self.live.add(process)
@@ -1140,6 +1254,49 @@ class Runner:
             await self.retire(process)
             raise ShuttingDown("The proxy is shutting down", retry_after=5)
         return process
+
+    def _new_conversation_folder(self) -> str:
+        # --resume finds a session only from the folder it was created in, so a conversation keeps its own folder.
+        folder = self.state_dir / "conversations" / uuid.uuid4().hex
+        folder.mkdir(mode=0o700, parents=True)
+        return str(folder)
+
+    async def continue_conversation(self, model: str, messages: list[ChatMessage], launch: Launch,
+                                    deadline: float) -> Run | None:
+        """A run continuing the Claude Code session of a conversation this proxy answered, sent only the new user
+        turns; None when the request continues no known conversation."""
+        found = self.sessions.find(model, messages) if self.sessions else None
+        if self.sessions is None or found is None:
+            return None
+        key, start = found
+        session = self.sessions.take(key)
+        text = "\n\n".join(content_text(m.content, f"messages[{i}]") for i, m in enumerate(messages) if i >= start)
+        await self._admit(deadline)
+        try:
+            process = session.process if session.process and session.process.running() else None
+            if process is None:
+                resumed = dataclasses.replace(launch, cwd=session.cwd, persist=True, resume=session.session_id)
+                process = await self.spawn(resumed)
+                process.owns_cwd = session.owned
+        except BaseException:
+            self.admission.release()
+            raise
+        run = Run(process, deadline, self._release, conversation_key(model, messages))
+        try:
+            await process.send(user_message(text))
+        except BaseException:
+            await run.close()
+            raise
+        return run
+
+    def _keep(self, run: Run) -> None:
+        """Keep a finished run's process, waiting on stdin, for the conversation's next turn."""
+        assert self.sessions is not None and run.reply_key and run.session_id
+        process = run.process
+        session = Session(run.session_id, process.cwd, process.owns_cwd, time.time(), process)
+        process.owns_cwd = False
+        for evicted in self.sessions.keep(run.reply_key, session):
+            asyncio.get_running_loop().create_task(self.retire(evicted))
 
     async def _admit(self, deadline: float) -> None:
         if self.closed:
@@ -1221,6 +1378,9 @@ class Runner:
         try:
             if run.awaiting and not run.done and run.process.alive and not self.closed:
                 self._park(run)  # waits for the client's tool results, holding no run slot
+            elif run.done and run.reply_key and run.session_id and self.sessions and run.process.alive \
+                    and not self.closed:
+                self._keep(run)
             else:
                 if run.done:
                     await run.process.finish()
@@ -1236,6 +1396,11 @@ class Runner:
         while True:
             await asyncio.sleep(interval)
             await self.pool.expire()
+            if self.sessions:
+                processes, folders = self.sessions.expire(self.settings.pool_idle_ttl)
+                await asyncio.gather(*(self.retire(process) for process in processes))
+                for folder in folders:
+                    shutil.rmtree(folder, ignore_errors=True)
 
     async def retire(self, process: ClaudeProcess) -> None:
         """Stop a process that serves no run."""
@@ -1528,8 +1693,8 @@ async def stream_body(run: Run, builder: CompletionBuilder, keepalive: float,
             yield sse(error_envelope(error))
         yield SSE_DONE  # before the run is closed: the client need not wait for the CLI to exit
     finally:
-        await run.close()
         on_end(error)
+        await run.close()
 
 
 def model_card(model_id: str) -> dict[str, Any]:
@@ -1603,8 +1768,17 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         if tools and (run := await runner.resume(req.model, req.messages, deadline)):
             return run
         system = "\n\n".join(x for x in (prompt.system, tool_choice_instruction(req)) if x) or None
-        launch = Launch(model=model, system_prompt=system, cwd=settings.cwd or None, tools=tools)
+        launch = Launch(model=model, system_prompt=system, cwd=settings.cwd or None, tools=tools,
+                        persist=settings.sessions)
+        if run := await runner.continue_conversation(req.model, req.messages, launch, deadline):
+            return run
         return await runner.start(launch, prompt.text, deadline, conversation_key(req.model, req.messages))
+
+    def remember_reply(req: ChatRequest, run: Run, builder: CompletionBuilder) -> None:
+        """Key the conversation with the reply the client got, so that its next turn can continue the session."""
+        if settings.sessions and run.done and not builder.tool_calls:
+            reply = ChatMessage(role="assistant", content="".join(builder.text))
+            run.reply_key = conversation_key(req.model, [*req.messages, reply])
 
     @app.post("/mcp/{secret}")
     async def mcp(secret: str, request: Request) -> Response:
@@ -1635,6 +1809,8 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
             raise
         if req.stream:
             def on_end(error: ProxyError | None) -> None:
+                if error is None:
+                    remember_reply(req, run, builder)
                 log_request(builder, True, f"200 {error.code}" if error else "200", started)
 
             body = stream_body(run, builder, settings.keepalive, on_end)
@@ -1650,6 +1826,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         if completion is None:
             await run.close()
             return Response(status_code=499)
+        remember_reply(req, run, builder)
         return JSONResponse(completion, background=BackgroundTask(run.close))
 
     for path in ("/v1/chat/completions", "/chat/completions"):

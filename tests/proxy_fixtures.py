@@ -59,8 +59,10 @@ def _stop_all(proxies: list[Proxy], runs: Path) -> None:
 def make_proxy(tmp_path: Path, cli_env: dict[str, str], claude_bin: str) -> Iterator[ProxyFactory]:
     """Start proxies that drive the real Claude Code CLI against the fake Anthropic API (fake_api).
 
-    The warm pool is off unless a test turns it on (claude_pool_size=…), so process counts are predictable."""
-    base = {**cli_env, "CLAUDE_BIN": claude_bin, "CLAUDE_CODE_MAX_RETRIES": "0", "CLAUDE_POOL_SIZE": "0"}
+    The warm pool and kept sessions are off unless a test turns them on (claude_pool_size=…, claude_sessions=1),
+    so process counts are predictable."""
+    base = {**cli_env, "CLAUDE_BIN": claude_bin, "CLAUDE_CODE_MAX_RETRIES": "0", "CLAUDE_POOL_SIZE": "0",
+            "CLAUDE_SESSIONS": "0"}
     start, proxies = _factory(tmp_path, base)
     yield start
     _stop_all(proxies, tmp_path / "runs")
@@ -75,7 +77,7 @@ def fake_claude_log(tmp_path: Path) -> Path:
 def make_fake_proxy(tmp_path: Path, fake_claude_log: Path) -> Iterator[ProxyFactory]:
     """Start proxies whose CLI is tests/fake_claude.py (FAKE_CLAUDE_MODE etc. as settings)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "CLAUDE"))}
-    env.update(CLAUDE_BIN=FAKE_CLAUDE, FAKE_CLAUDE_LOG=str(fake_claude_log), CLAUDE_POOL_SIZE="0")
+    env.update(CLAUDE_BIN=FAKE_CLAUDE, FAKE_CLAUDE_LOG=str(fake_claude_log), CLAUDE_POOL_SIZE="0", CLAUDE_SESSIONS="0")
     start, proxies = _factory(tmp_path, env)
     yield start
     _stop_all(proxies, tmp_path / "runs")

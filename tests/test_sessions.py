@@ -1,0 +1,106 @@
+"""Conversations that continue: the next turn resumes the same Claude Code session instead of a flattened replay."""
+
+from __future__ import annotations
+
+import json
+
+from proxy_harness import wait_until
+
+
+def turn_texts(request: dict) -> list[tuple[str, str]]:
+    """The API request's conversation as (role, text) pairs, without the CLI's reminders and agent listing."""
+    pairs = []
+    for message in request["messages"]:
+        blocks = message["content"] if isinstance(message["content"], list) else [
+            {"type": "text", "text": message["content"]}]
+        texts = [b["text"] for b in blocks if b.get("type") == "text" and not b["text"].startswith("<system-reminder>")]
+        if message["role"] in ("user", "assistant") and texts:
+            pairs.append((message["role"], "".join(texts).strip()))
+    return pairs
+
+
+def chat(proxy, messages: list[dict], **kwargs) -> str:
+    completion = proxy.client().chat.completions.create(model="claude-code", messages=messages, **kwargs)
+    return completion.choices[0].message.content
+
+
+def stream_chat(proxy, messages: list[dict]) -> str:
+    stream = proxy.client().chat.completions.create(model="claude-code", messages=messages, stream=True)
+    return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+
+def cli_processes(proxy) -> list:
+    return [p for p in proxy.ps.children() if p.is_running() and p.status() != "zombie"]
+
+
+def test_turn_two_continues_the_live_session(make_proxy, fake_api) -> None:
+    proxy = make_proxy(claude_sessions=1)
+    history = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "[[reply:ALPHA]] hi"}]
+    first = chat(proxy, history)
+    [kept] = cli_processes(proxy)
+    history += [{"role": "assistant", "content": first}, {"role": "user", "content": "[[reply:BETA]] again"}]
+    assert stream_chat(proxy, history) == "BETA"
+    second = fake_api.main_requests()[-1]
+    assert turn_texts(second) == [("user", "[[reply:ALPHA]] hi"), ("assistant", "ALPHA"),
+                                  ("user", "[[reply:BETA]] again")]
+    assert kept in cli_processes(proxy), "the same process answered"
+    history += [{"role": "assistant", "content": "BETA"}, {"role": "user", "content": "[[reply:GAMMA]] third"}]
+    assert chat(proxy, history) == "GAMMA"
+    assert [role for role, _ in turn_texts(fake_api.main_requests()[-1])] == ["user", "assistant"] * 2 + ["user"]
+
+
+def test_a_conversation_resumes_after_a_restart(make_proxy, fake_api) -> None:
+    first_proxy = make_proxy(claude_sessions=1)
+    history = [{"role": "user", "content": "[[reply:ALPHA]] remember this"}]
+    reply = chat(first_proxy, history)
+    first_proxy.stop()
+    assert wait_until(lambda: not first_proxy.children(), timeout=5)
+    second_proxy = make_proxy(claude_sessions=1)
+    history += [{"role": "assistant", "content": reply}, {"role": "user", "content": "[[reply:BETA]] and now?"}]
+    assert chat(second_proxy, history) == "BETA"
+    assert turn_texts(fake_api.main_requests()[-1]) == [
+        ("user", "[[reply:ALPHA]] remember this"), ("assistant", "ALPHA"), ("user", "[[reply:BETA]] and now?")]
+
+
+def test_a_diverged_history_starts_fresh(make_proxy, fake_api) -> None:
+    proxy = make_proxy(claude_sessions=1)
+    history = [{"role": "user", "content": "[[reply:ALPHA]] hi"}]
+    chat(proxy, history)
+    edited = [{"role": "user", "content": "[[reply:ALPHA]] hi"}, {"role": "assistant", "content": "ALPHA (edited)"},
+              {"role": "user", "content": "[[reply:BETA]] next"}]
+    assert chat(proxy, edited) == "BETA"
+    [(role, text)] = turn_texts(fake_api.main_requests()[-1])
+    assert role == "user" and text.startswith("<conversation>") and "ALPHA (edited)" in text
+
+
+def test_concurrent_conversations_do_not_cross(make_proxy, fake_api) -> None:
+    proxy = make_proxy(claude_sessions=1)
+    one = [{"role": "user", "content": "[[reply:ONE]] first conversation"}]
+    two = [{"role": "user", "content": "[[reply:TWO]] second conversation"}]
+    one.append({"role": "assistant", "content": chat(proxy, one)})
+    two.append({"role": "assistant", "content": chat(proxy, two)})
+    one.append({"role": "user", "content": "[[reply:ONE-B]] more"})
+    two.append({"role": "user", "content": "[[reply:TWO-B]] more"})
+    assert (chat(proxy, two), chat(proxy, one)) == ("TWO-B", "ONE-B")
+    last_two, last_one = fake_api.main_requests()[-2:]
+    assert turn_texts(last_two)[0] == ("user", "[[reply:TWO]] second conversation")
+    assert turn_texts(last_one)[0] == ("user", "[[reply:ONE]] first conversation")
+
+
+def test_live_sessions_are_bounded_and_the_map_is_saved(make_proxy, tmp_path) -> None:
+    proxy = make_proxy(claude_sessions=1, claude_max_live_sessions=1)
+    chat(proxy, [{"role": "user", "content": "[[reply:A]] one"}])
+    chat(proxy, [{"role": "user", "content": "[[reply:B]] two"}])
+    assert wait_until(lambda: len(cli_processes(proxy)) == 1, timeout=10)
+    saved = json.loads((tmp_path / "home/.local/state/claude-code-openai-proxy/sessions.json").read_text())
+    assert len(saved) == 2 and all(entry["session_id"] for entry in saved.values())
+
+
+def test_sessions_off_flattens_every_turn(make_proxy, fake_api) -> None:
+    proxy = make_proxy(claude_sessions=0)
+    history = [{"role": "user", "content": "[[reply:ALPHA]] hi"}]
+    history += [{"role": "assistant", "content": chat(proxy, history)}, {"role": "user", "content": "again"}]
+    chat(proxy, history)
+    [(role, text)] = turn_texts(fake_api.main_requests()[-1])
+    assert text.startswith("<conversation>")
+    assert wait_until(lambda: not proxy.children(), timeout=5)
