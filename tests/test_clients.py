@@ -3,7 +3,7 @@
 The issue's "done when": the OpenAI Python SDK (strict response validation), LangChain's ChatOpenAI, the OpenAI Node
 SDK and OpenClaw's openai-completions provider get correct streamed and non-streamed answers with usage. The Node
 clients run as scripts in tests/clients/ with the pinned packages ./tests/run.sh installs into tests/.cli.
-Text turns only (no OpenAI tools).
+OpenClaw also runs its agent's tool cycle (toolUse, toolResult, answer) against the native tool calling.
 """
 
 from __future__ import annotations
@@ -127,6 +127,94 @@ def test_openclaw_onboarding_connection_test(make_proxy, fake_api) -> None:
     assert result["body"]["choices"][0]["finish_reason"] == "stop"
     assert result["body"]["usage"]["completion_tokens"] == 5  # the fake's default usage: 12 in, 5 out
     assert len(fake_api.main_requests()) == 1
+
+
+WEATHER_CALL = '[[tool:get_weather:{"city":"Paris"}]]'
+
+
+def tool_cycle(proxy, prompt: str, *args: str) -> list[dict]:
+    """OpenClaw's agent tool cycle (openclaw.mjs tools): every turn's request, events and message."""
+    result = run_node("openclaw.mjs", "tools", proxy.url + "/v1", prompt, *args)
+    assert result["openclaw_ai_version"] == "2026.9.6"
+    return result["turns"]
+
+
+def tool_calls_of(message: dict) -> list[dict]:
+    return [block for block in message["content"] if block["type"] == "toolCall"]
+
+
+def tool_results_reaching_the_model(fake_api) -> list[dict]:
+    """The continuation as Claude Code sent it: the blocks of the second main request's last (user) message."""
+    requests = fake_api.main_requests()
+    assert len(requests) == 2, "the tool results must continue the same Claude Code run, not start a new one"
+    *_, asked, last = requests[1]["messages"]
+    assert last["role"] == "user" and asked["role"] == "assistant"
+    # The run's own tool_use turn precedes the results (a fresh run would carry the history as text instead).
+    assert sorted(b["id"] for b in asked["content"] if b["type"] == "tool_use") == sorted(
+        b.get("tool_use_id") for b in last["content"])
+    return last["content"]
+
+
+@pytest.mark.parametrize("host", ["openclaw", "inert"], ids=["app-host", "library-host"])
+def test_openclaw_agent_tool_cycle(make_proxy, fake_api, host: str) -> None:
+    proxy = make_proxy()
+    first, second, *more = tool_cycle(proxy, WEATHER_CALL, "--system", "You are OpenClaw.", "--host", host)
+    assert not more
+
+    sent = first["request"]
+    assert sorted(tool["function"]["name"] for tool in sent["tools"]) == ["get_time", "get_weather"]
+    assert sent["messages"][0] == {"role": "system", "content": "You are OpenClaw."}
+    assert sent.get("tool_choice") == ("auto" if host == "openclaw" else None)  # the app's proxy-like endpoints
+    message = first["message"]
+    assert message["errorMessage"] is None, message["errorMessage"]
+    assert message["stopReason"] == "toolUse"
+    [call] = tool_calls_of(message)
+    assert (call["name"], call["arguments"]) == ("get_weather", {"city": "Paris"})
+    assert call["id"]
+    assert "toolcall_start" in first["events"] and "toolcall_end" in first["events"]
+    assert sorted(t["name"] for t in fake_api.main_requests()[0]["tools"] if t["name"].startswith("mcp__")) == [
+        "mcp__tools__get_time", "mcp__tools__get_weather"]
+
+    # OpenClaw's follow-up: the history with its assistant toolCall message and the toolResult as a tool message.
+    follow_up = second["request"]["messages"]
+    assert follow_up[:2] == sent["messages"]
+    assert follow_up[2]["role"] == "assistant"
+    assert [(c["id"], c["function"]["name"], json.loads(c["function"]["arguments"]))
+            for c in follow_up[2]["tool_calls"]] == [(call["id"], "get_weather", {"city": "Paris"})]
+    assert follow_up[3:] == [{"role": "tool", "content": "21C sunny", "tool_call_id": call["id"]}]
+
+    answer = second["message"]
+    assert answer["errorMessage"] is None, answer["errorMessage"]
+    assert answer["stopReason"] == "stop"
+    assert answer["content"] == [{"type": "text", "text": "Tool said: 21C sunny"}]
+
+    [result_block] = tool_results_reaching_the_model(fake_api)  # a native tool_result, not the result as text
+    assert result_block["type"] == "tool_result" and result_block["tool_use_id"] == call["id"]
+    assert result_block["content"] == [{"type": "text", "text": "21C sunny"}]
+    assert not result_block.get("is_error")
+    assert fake_api.main_requests()[0]["system"][-1]["text"].endswith("You are OpenClaw.")
+
+
+def test_openclaw_agent_parallel_tool_calls(make_proxy, fake_api) -> None:
+    proxy = make_proxy()
+    first, second = tool_cycle(proxy, f"{WEATHER_CALL} [[tool:get_time]]", "--result", "get_weather=rain")
+    message = first["message"]
+    assert message["errorMessage"] is None, message["errorMessage"]
+    assert message["stopReason"] == "toolUse"
+    calls = tool_calls_of(message)
+    assert [(c["name"], c["arguments"]) for c in calls] == [("get_weather", {"city": "Paris"}), ("get_time", {})]
+    assert len({c["id"] for c in calls}) == 2
+
+    assert [(m["role"], m.get("tool_call_id"), m.get("content")) for m in second["request"]["messages"][-2:]] == [
+        ("tool", calls[0]["id"], "rain"), ("tool", calls[1]["id"], "noon")]
+    answer = second["message"]
+    assert answer["errorMessage"] is None, answer["errorMessage"]
+    assert (answer["stopReason"], answer["content"]) == ("stop", [{"type": "text", "text": "Tool said: rain | noon"}])
+
+    blocks = tool_results_reaching_the_model(fake_api)  # in completion order, which the bridge does not fix
+    assert [b["type"] for b in blocks] == ["tool_result", "tool_result"]
+    assert {b["tool_use_id"]: b["content"] for b in blocks} == {
+        calls[0]["id"]: [{"type": "text", "text": "rain"}], calls[1]["id"]: [{"type": "text", "text": "noon"}]}
 
 
 # ── LangChain ChatOpenAI ──

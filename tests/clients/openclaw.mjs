@@ -10,6 +10,15 @@
 //     (src/agents/provider-attribution.ts: endpointClass "local", an explicit proxy-like endpoint), so the body is
 //     the app's (no store, no reasoning_effort, system role, stream usage). --host inert keeps the library's inert
 //     host, as a program embedding @openclaw/ai without OpenClaw has it (it then sends store and reasoning_effort).
+//   node openclaw.mjs tools BASE_URL PROMPT [--system TEXT] [--host openclaw|inert] [--result NAME=TEXT ...]
+//     an agent tool cycle through the same transport, as OpenClaw's agent loop runs it: the context carries the
+//     tools get_weather {city} and get_time {} (OpenClaw's tool format: name, description and TypeBox parameters,
+//     TypeBox being the schema library @openclaw/ai depends on). Turn 1 goes out; while it ends with stopReason
+//     "toolUse", the assistant message is appended as returned, then one toolResult message per toolCall
+//     (toolCallId, toolName, content [{type:"text", text}], isError false; the text from --result NAME=TEXT, by
+//     default get_weather=21C sunny and get_time=noon), and the next turn goes out (at most 4 turns).
+//     Prints {openclaw_ai_version, turns: [{request, events, message}, ...]}, message as in turn mode plus the
+//     toolCall blocks' parsed arguments in content.
 //   node openclaw.mjs probe BASE_URL
 //     the onboarding "Connection Test" (openclaw src/commands/onboard-custom*: buildOpenAiVerificationProbeRequest +
 //     requestVerification, which is not in @openclaw/ai): a non-streaming POST {BASE_URL}/chat/completions of
@@ -25,14 +34,14 @@ const { positionals, values } = parseArgs({
     system: { type: "string" },
     reasoning: { type: "boolean", default: false },
     host: { type: "string", default: "openclaw" },
+    result: { type: "string", multiple: true, default: [] },
   },
 });
 const [mode, baseUrl, prompt] = positionals;
 const apiKey = process.env.OPENAI_API_KEY || "local";
 const MODEL_ID = "claude-code";
 
-async function turn() {
-  const { createOpenAICompletionsTransportStreamFn } = await load("@openclaw/ai/transports");
+async function configureHost() {
   if (values.host === "openclaw") {
     const { configureAiTransportHost } = await load("@openclaw/ai");
     configureAiTransportHost({
@@ -48,7 +57,10 @@ async function turn() {
   } else if (values.host !== "inert") {
     throw new Error(`unknown --host ${values.host}: use openclaw or inert`);
   }
-  const model = {
+}
+
+function customModel() {
+  return {
     id: MODEL_ID,
     name: "Claude Code (proxy)",
     api: "openai-completions",
@@ -60,10 +72,12 @@ async function turn() {
     contextWindow: 200_000,
     maxTokens: 4096,
   };
-  const context = {
-    systemPrompt: values.system,
-    messages: [{ role: "user", content: prompt, timestamp: Date.now() }],
-  };
+}
+
+// One request through the managed transport: the body sent, the event types emitted, and the final message (kept
+// whole in `raw`, to be appended to the context as OpenClaw's agent loop does).
+async function runTurn(model, context) {
+  const { createOpenAICompletionsTransportStreamFn } = await load("@openclaw/ai/transports");
   let request = null;
   const stream = await createOpenAICompletionsTransportStreamFn()(model, context, {
     apiKey,
@@ -74,19 +88,68 @@ async function turn() {
   });
   const events = [];
   for await (const event of stream) events.push(event.type);
-  const message = await stream.result();
-  return {
-    openclaw_ai_version: version("@openclaw/ai"),
-    request,
-    events,
-    message: {
-      content: message.content,
-      stopReason: message.stopReason,
-      usage: message.usage,
-      errorMessage: message.errorMessage ?? null,
-      responseId: message.responseId ?? null,
-    },
+  const raw = await stream.result();
+  const message = {
+    content: raw.content,
+    stopReason: raw.stopReason,
+    usage: raw.usage,
+    errorMessage: raw.errorMessage ?? null,
+    responseId: raw.responseId ?? null,
   };
+  return { request, events, message, raw };
+}
+
+async function turn() {
+  await configureHost();
+  const context = {
+    systemPrompt: values.system,
+    messages: [{ role: "user", content: prompt, timestamp: Date.now() }],
+  };
+  const { request, events, message } = await runTurn(customModel(), context);
+  return { openclaw_ai_version: version("@openclaw/ai"), request, events, message };
+}
+
+async function tools() {
+  await configureHost();
+  const { Type } = await load("typebox");
+  const results = { get_weather: "21C sunny", get_time: "noon" };
+  for (const pair of values.result) {
+    const at = pair.indexOf("=");
+    if (at < 1) throw new Error(`--result ${pair}: use NAME=TEXT`);
+    results[pair.slice(0, at)] = pair.slice(at + 1);
+  }
+  const context = {
+    systemPrompt: values.system,
+    messages: [{ role: "user", content: prompt, timestamp: Date.now() }],
+    tools: [
+      {
+        name: "get_weather",
+        description: "Current weather of a city",
+        parameters: Type.Object({ city: Type.String({ description: "City name" }) }),
+      },
+      { name: "get_time", description: "The current time", parameters: Type.Object({}) },
+    ],
+  };
+  const model = customModel();
+  const turns = [];
+  for (let n = 0; n < 4; n++) {
+    const { raw, ...shown } = await runTurn(model, context);
+    turns.push(shown);
+    if (raw.stopReason !== "toolUse") break;
+    context.messages.push(raw);
+    for (const block of raw.content) {
+      if (block.type !== "toolCall") continue;
+      context.messages.push({
+        role: "toolResult",
+        toolCallId: block.id,
+        toolName: block.name,
+        content: [{ type: "text", text: results[block.name] ?? `no result configured for ${block.name}` }],
+        isError: false,
+        timestamp: Date.now(),
+      });
+    }
+  }
+  return { openclaw_ai_version: version("@openclaw/ai"), turns };
 }
 
 async function probe() {
@@ -105,6 +168,7 @@ async function probe() {
   return { ok: response.ok && json, status: response.status, content_type: contentType, body: JSON.parse(text) };
 }
 
-const result = mode === "turn" ? await turn() : mode === "probe" ? await probe() : null;
-if (!result) throw new Error(`unknown mode ${mode}: use turn or probe`);
+const modes = { turn, tools, probe };
+if (!Object.hasOwn(modes, mode)) throw new Error(`unknown mode ${mode}: use turn, tools or probe`);
+const result = await modes[mode]();
 console.log(JSON.stringify(result));
