@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import binascii
 import contextlib
 import dataclasses
 import hashlib
@@ -37,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import httpx
 import psutil
 import uvicorn
 from fastapi import FastAPI, Request
@@ -92,6 +95,11 @@ class Settings:
     sessions: bool = setting("CLAUDE_SESSIONS", True, "resume the Claude Code session of a conversation that goes on")
     max_live_sessions: int = setting("CLAUDE_MAX_LIVE_SESSIONS", 4, "conversations whose CLI stays alive between turns")
     session_ttl: float = setting("CLAUDE_SESSION_TTL", 86400.0, "seconds a conversation can be resumed after a turn")
+    fetch_images: bool = setting("CLAUDE_FETCH_IMAGES", False, "fetch http(s) image URLs (off: only data: URLs)")
+    max_image_bytes: int = setting("CLAUDE_MAX_IMAGE_BYTES", 10 << 20, "largest image accepted, decoded")
+    show_tool_activity: bool = setting(
+        "CLAUDE_SHOW_TOOL_ACTIVITY", False, "stream Claude Code's own tool calls and outcomes as reasoning_content"
+    )
     state_dir: str = setting(
         "CLAUDE_STATE_DIR", "~/.local/state/claude-code-openai-proxy", "the session map and conversation folders"
     )
@@ -108,6 +116,7 @@ CLAUDE_INSTALL_PLACES = (
     "/usr/local/bin/claude",
 )
 CHILD_ENV_DROPPED = ("CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT", "CLAUDE_PROXY_TOKEN")
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
 MCP_SERVER = "tools"
 MCP_PREFIX = f"mcp__{MCP_SERVER}__"
 SSE_DONE = "data: [DONE]\n\n"
@@ -370,10 +379,44 @@ class Prompt:
 
 
 def part_text(part: ContentPart, where: str) -> str:
-    """The text of one content part; any other kind of part is refused, naming it."""
+    """The text of one content part ("[image]" marks where an image was); other kinds are refused, naming them."""
     if part.type in ("text", "input_text") and part.text is not None:
         return part.text
+    if part.type == "image_url" and part.image_url is not None:
+        return "[image]"
     raise InvalidRequest(f"Unsupported content part type '{part.type}' in {where}", param=where)
+
+
+def image_urls(messages: list[ChatMessage]) -> list[tuple[str, str]]:
+    """The (url, where) of every image part in user turns, in order."""
+    return [
+        (part.image_url.url, f"messages[{i}].content[{j}]")
+        for i, message in enumerate(messages) if message.role == "user" and isinstance(message.content, list)
+        for j, part in enumerate(message.content) if part.type == "image_url" and part.image_url is not None
+    ]
+
+
+def image_block(media_type: str, data: bytes, max_bytes: int, where: str) -> dict[str, Any]:
+    """An Anthropic base64 image block; refuses types Claude cannot read and images over max_bytes."""
+    media_type = media_type.split(";")[0].strip().lower()
+    if media_type not in IMAGE_TYPES:
+        raise InvalidRequest(f"Unsupported image type '{media_type}' in {where}; use png, jpeg, gif or webp",
+                             param=where)
+    if len(data) > max_bytes:
+        raise InvalidRequest(f"The image in {where} is larger than CLAUDE_MAX_IMAGE_BYTES ({max_bytes})", param=where)
+    return {"type": "image", "source": {"type": "base64", "media_type": media_type,
+                                        "data": base64.b64encode(data).decode()}}
+
+
+def data_url_image(url: str, max_bytes: int, where: str) -> dict[str, Any]:
+    header, _, payload = url.partition(",")
+    if not header.startswith("data:") or not header.endswith(";base64"):
+        raise InvalidRequest(f"The image in {where} is not a base64 data: URL", param=where)
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest(f"The image in {where} is not valid base64", param=where) from None
+    return image_block(header[5:-7], data, max_bytes, where)
 
 
 def content_text(content: str | list[ContentPart] | None, where: str) -> str:
@@ -524,7 +567,8 @@ def prefix_keys(model: str, messages: list[ChatMessage]) -> list[str]:
     digest, keys = hashlib.sha256(model.encode()), []
     for i, message in enumerate(messages):
         calls = [(c.id, c.function.name, _canonical_json(c.function.arguments)) for c in message.tool_calls or []]
-        canonical = [message.role, content_text(message.content, f"messages[{i}]"), calls, message.tool_call_id]
+        images = [hashlib.sha256(url.encode()).hexdigest() for url, _ in image_urls([message])]
+        canonical = [message.role, content_text(message.content, f"messages[{i}]"), calls, message.tool_call_id, images]
         digest.update(json.dumps(canonical, sort_keys=True).encode())
         keys.append(digest.hexdigest())
     return keys
@@ -597,9 +641,9 @@ def child_env(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-def user_message(text: str) -> bytes:
-    """One stream-json input line carrying a user turn."""
-    message = {"type": "user", "message": {"role": "user", "content": [{"type": "text", "text": text}]}}
+def user_message(content: list[dict[str, Any]]) -> bytes:
+    """One stream-json input line carrying a user turn (text and image blocks)."""
+    message = {"type": "user", "message": {"role": "user", "content": content}}
     return json.dumps(message, ensure_ascii=False).encode() + b"\n"
 
 
@@ -1261,16 +1305,12 @@ class Runner:
         folder.mkdir(mode=0o700, parents=True)
         return str(folder)
 
-    async def continue_conversation(self, model: str, messages: list[ChatMessage], launch: Launch,
-                                    deadline: float) -> Run | None:
-        """A run continuing the Claude Code session of a conversation this proxy answered, sent only the new user
-        turns; None when the request continues no known conversation."""
-        found = self.sessions.find(model, messages) if self.sessions else None
-        if self.sessions is None or found is None:
-            return None
-        key, start = found
+    async def continue_session(self, key: str, launch: Launch, content: list[dict[str, Any]], deadline: float,
+                               run_key: str) -> Run:
+        """A run continuing the conversation `key` of the session store, sent only its new turns (`content`): on the
+        kept CLI process, or on one resuming the session from disk."""
+        assert self.sessions is not None
         session = self.sessions.take(key)
-        text = "\n\n".join(content_text(m.content, f"messages[{i}]") for i, m in enumerate(messages) if i >= start)
         await self._admit(deadline)
         try:
             process = session.process if session.process and session.process.running() else None
@@ -1281,13 +1321,7 @@ class Runner:
         except BaseException:
             self.admission.release()
             raise
-        run = Run(process, deadline, self._release, conversation_key(model, messages))
-        try:
-            await process.send(user_message(text))
-        except BaseException:
-            await run.close()
-            raise
-        return run
+        return await self._begin(process, content, deadline, run_key)
 
     def _keep(self, run: Run) -> None:
         """Keep a finished run's process, waiting on stdin, for the conversation's next turn."""
@@ -1306,7 +1340,7 @@ class Runner:
         except asyncio.TimeoutError:
             raise RunTimeout("Timed out waiting for a free Claude Code slot") from None
 
-    async def start(self, launch: Launch, prompt_text: str, deadline: float, key: str = "") -> Run:
+    async def start(self, launch: Launch, content: list[dict[str, Any]], deadline: float, key: str = "") -> Run:
         """Admit, spawn (or take a warm process) and send the prompt; the returned Run must be closed."""
         await self._admit(deadline)
         try:
@@ -1315,11 +1349,14 @@ class Runner:
             self.admission.release()
             raise
         self.pool.learn(launch)
+        return await self._begin(process, content, deadline, key)
+
+    async def _begin(self, process: ClaudeProcess, content: list[dict[str, Any]], deadline: float, key: str) -> Run:
         run = Run(process, deadline, self._release, key)
         try:
             # stdin stays open until the result is read: the CLI exits on EOF without flushing a large pending
             # write to stdout (a 300 KB result line was cut short on CLI 2.1.197).
-            await process.send(user_message(prompt_text))
+            await process.send(user_message(content))
         except BaseException:
             await run.close()
             raise
@@ -1444,6 +1481,28 @@ def openai_usage(tokens: Mapping[str, int], cost: float | None) -> dict[str, Any
     }
 
 
+TOOL_INPUT_KEYS = ("command", "file_path", "path", "pattern", "url", "query", "description", "prompt")
+
+
+def tool_summary(name: str, tool_input: dict[str, Any]) -> str:
+    """A one-line description of a tool call, e.g. "Bash: ls -la"."""
+    value = next((tool_input[k] for k in TOOL_INPUT_KEYS if isinstance(tool_input.get(k), str)), None)
+    text = value.strip().splitlines()[0] if value and value.strip() else json.dumps(tool_input, ensure_ascii=False)
+    return f"{name}: {text[:160]}"
+
+
+def tool_outcome(name: str, block: dict[str, Any]) -> str:
+    """A short outcome of a tool call, e.g. "exit 0, 12 lines" or "failed: No such file"."""
+    content = block.get("content")
+    if isinstance(content, list):
+        content = "\n".join(part.get("text", "") for part in content if isinstance(part, dict))
+    text = str(content or "").strip()
+    if block.get("is_error"):
+        return f"failed: {text.splitlines()[0][:160] if text else 'error'}"
+    lines = len(text.splitlines())
+    return ("exit 0, " if name == "Bash" else "") + f"{lines} line{'' if lines == 1 else 's'}"
+
+
 INPUT_TOKEN_FIELDS = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
 
 
@@ -1456,8 +1515,10 @@ class CompletionBuilder:
     sum over the API calls this response covers.
     """
 
-    def __init__(self, model: str, include_usage: bool = False) -> None:
+    def __init__(self, model: str, include_usage: bool = False, show_activity: bool = False) -> None:
         self.id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        self.show_activity = show_activity
+        self._own_tools: dict[str, str] = {}  # tool_use id -> name, for Claude Code's own tools
         self.created = int(time.time())
         self.model = model
         self.include_usage = include_usage
@@ -1485,9 +1546,12 @@ class CompletionBuilder:
 
     def feed(self, event: dict[str, Any]) -> list[dict[str, Any]]:
         """The chunks one CLI event yields (often none)."""
+        top_level = event.get("parent_tool_use_id") is None
         match event.get("type"):
-            case "stream_event" if event.get("parent_tool_use_id") is None:
+            case "stream_event" if top_level:
                 return self._stream_event(event.get("event") or {})
+            case "assistant" | "user" if top_level and self.show_activity:
+                return [self._reasoning(line) for line in self._activity(event)]
             case "result":
                 self.cost = event.get("total_cost_usd")
                 if event.get("subtype") == "error_max_turns":
@@ -1533,11 +1597,27 @@ class CompletionBuilder:
             case "text_delta" if delta.get("text"):
                 return [self._text_chunk(delta["text"])]
             case "thinking_delta" if delta.get("thinking"):
-                self.reasoning.append(delta["thinking"])
-                return [self.chunk({"reasoning_content": delta["thinking"]})]
+                return [self._reasoning(delta["thinking"])]
             case "input_json_delta" if delta.get("partial_json") and index in self._block_calls:
                 return [self._arguments_chunk(self._block_calls[index], delta["partial_json"])]
         return []
+
+    def _reasoning(self, text: str) -> dict[str, Any]:
+        self.reasoning.append(text)
+        return self.chunk({"reasoning_content": text})
+
+    def _activity(self, event: dict[str, Any]) -> list[str]:
+        """What Claude Code's own tools are doing, one line per call and per outcome (CLAUDE_SHOW_TOOL_ACTIVITY)."""
+        lines = []
+        for block in (event.get("message") or {}).get("content") or []:
+            if not isinstance(block, dict):
+                continue
+            if block.get("type") == "tool_use" and not str(block.get("name", "")).startswith(MCP_PREFIX):
+                self._own_tools[block["id"]] = block["name"]
+                lines.append(f"\n{tool_summary(block['name'], block.get('input') or {})}\n")
+            elif block.get("type") == "tool_result" and (name := self._own_tools.get(block.get("tool_use_id", ""))):
+                lines.append(f"→ {tool_outcome(name, block)}\n")
+        return lines
 
     def _arguments_chunk(self, call: int, fragment: str) -> dict[str, Any]:
         self.tool_calls[call]["function"]["arguments"] += fragment
@@ -1588,6 +1668,30 @@ def sse(payload: dict[str, Any]) -> str:
 
 
 # ── 7. HTTP app ──────────────────────────────────────────────────────────
+
+
+async def fetch_image(url: str, where: str, settings: Settings) -> dict[str, Any]:
+    """The image block for an image part: decoded from a data: URL or, when CLAUDE_FETCH_IMAGES allows it (a proxy
+    that fetches any URL it is given is an SSRF hole), downloaded with a size cap."""
+    if url.startswith("data:"):
+        return data_url_image(url, settings.max_image_bytes, where)
+    if not url.startswith(("http://", "https://")):
+        raise InvalidRequest(f"Unsupported image URL in {where}", param=where)
+    if not settings.fetch_images:
+        raise InvalidRequest(f"Image URLs are not fetched (set CLAUDE_FETCH_IMAGES=1); send a data: URL in {where}",
+                             param=where)
+    try:
+        async with httpx.AsyncClient(timeout=20) as client, client.stream("GET", url) as response:
+            response.raise_for_status()
+            data = bytearray()
+            async for chunk in response.aiter_bytes():
+                data += chunk
+                if len(data) > settings.max_image_bytes:
+                    break
+            media_type = response.headers.get("content-type", "")
+    except httpx.HTTPError as exc:
+        raise InvalidRequest(f"Could not fetch the image in {where}: {exc}", param=where) from None
+    return image_block(media_type, bytes(data), settings.max_image_bytes, where)
 
 
 async def read_json(request: Request, max_bytes: int) -> Any:
@@ -1760,19 +1864,28 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         resolve_model(model_id, settings)
         return model_card(model_id)
 
+    async def prompt_content(messages: list[ChatMessage]) -> tuple[str | None, list[dict[str, Any]]]:
+        """The system prompt and the user turn's content blocks (text, then the images) for `messages`."""
+        prompt = build_prompt(messages, settings.system_prompt_mode)
+        images = [await fetch_image(url, where, settings) for url, where in image_urls(messages)]
+        return prompt.system, [{"type": "text", "text": prompt.text}, *images]
+
     async def start_run(req: ChatRequest, deadline: float) -> Run:
-        """Continue the parked run this request brings tool results for, or start a new one."""
+        """Continue the parked run this request brings tool results for, or the session of the conversation it
+        continues, or start a new run."""
         model = resolve_model(req.model, settings)
         tools = bridge_tools(req)
-        prompt = build_prompt(req.messages, settings.system_prompt_mode)
+        system, content = await prompt_content(req.messages)
         if tools and (run := await runner.resume(req.model, req.messages, deadline)):
             return run
-        system = "\n\n".join(x for x in (prompt.system, tool_choice_instruction(req)) if x) or None
+        system = "\n\n".join(x for x in (system, tool_choice_instruction(req)) if x) or None
         launch = Launch(model=model, system_prompt=system, cwd=settings.cwd or None, tools=tools,
                         persist=settings.sessions)
-        if run := await runner.continue_conversation(req.model, req.messages, launch, deadline):
-            return run
-        return await runner.start(launch, prompt.text, deadline, conversation_key(req.model, req.messages))
+        key = conversation_key(req.model, req.messages)
+        if runner.sessions and (found := runner.sessions.find(req.model, req.messages)):
+            _, new_turns = await prompt_content(req.messages[found[1]:])
+            return await runner.continue_session(found[0], launch, new_turns, deadline, key)
+        return await runner.start(launch, content, deadline, key)
 
     def remember_reply(req: ChatRequest, run: Run, builder: CompletionBuilder) -> None:
         """Key the conversation with the reply the client got, so that its next turn can continue the session."""
@@ -1796,7 +1909,8 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         req = parse_chat_request(await read_json(request, settings.max_body_bytes))
         if ignored := check_request(req):
             logger.debug("ignoring request fields: %s", ", ".join(ignored))
-        builder = CompletionBuilder(req.model, bool(req.stream_options and req.stream_options.include_usage))
+        builder = CompletionBuilder(req.model, bool(req.stream_options and req.stream_options.include_usage),
+                                    settings.show_tool_activity)
         try:
             run = await start_run(req, started + settings.timeout)
             try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 
 import pytest
@@ -111,6 +112,34 @@ def test_text_parts_are_joined_and_assistant_null_content_is_allowed() -> None:
     assert "<user>\nab\n</user>\n<assistant>\n\n</assistant>" in main.build_prompt(convo, "append").text
 
 
+PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 20).decode()
+
+
+def test_image_parts_are_marked_in_the_text_and_collected_in_order() -> None:
+    convo = messages(("user", [{"type": "text", "text": "compare "},
+                               {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},
+                               {"type": "image_url", "image_url": {"url": "https://example.com/b.jpg"}}]))
+    assert main.build_prompt(convo, "append").text == "compare [image][image]"
+    assert main.image_urls(convo) == [(f"data:image/png;base64,{PNG}", "messages[0].content[1]"),
+                                      ("https://example.com/b.jpg", "messages[0].content[2]")]
+
+
+def test_data_url_images_become_base64_blocks() -> None:
+    block = main.data_url_image(f"data:image/png;base64,{PNG}", 1000, "here")
+    assert block == {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}}
+
+
+@pytest.mark.parametrize("url,reason", [
+    (f"data:image/bmp;base64,{PNG}", "Unsupported image type"),
+    ("data:image/png;base64,@@not-base64@@", "not valid base64"),
+    ("data:image/png,rawbytes", "not a base64 data: URL"),
+    ("data:image/png;base64," + base64.b64encode(b"x" * 2000).decode(), "larger than CLAUDE_MAX_IMAGE_BYTES"),
+])
+def test_bad_images_are_refused(url: str, reason: str) -> None:
+    with pytest.raises(main.InvalidRequest, match=reason):
+        main.data_url_image(url, 1000, "messages[0].content[0]")
+
+
 def test_unknown_part_types_are_refused_naming_the_part() -> None:
     convo = messages(("user", [{"type": "input_audio", "input_audio": {}}]))
     with pytest.raises(main.InvalidRequest) as raised:
@@ -182,9 +211,10 @@ def test_child_env_drops_nesting_markers_and_the_proxy_token() -> None:
 
 
 def test_user_message_is_one_stream_json_line() -> None:
-    line = main.user_message("line one\nline two")
+    content = [{"type": "text", "text": "line one\nline two"}]
+    line = main.user_message(content)
     assert line.endswith(b"\n") and line.count(b"\n") == 1
-    assert json.loads(line)["message"]["content"] == [{"type": "text", "text": "line one\nline two"}]
+    assert json.loads(line) == {"type": "user", "message": {"role": "user", "content": content}}
 
 
 @pytest.mark.parametrize("line,event", [(b'{"type":"x"}', {"type": "x"}), (b"warning: hi", None), (b"", None),

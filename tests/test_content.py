@@ -1,0 +1,93 @@
+"""Images, and Claude Code's own tool activity shown as reasoning, end to end and as pure functions."""
+
+from __future__ import annotations
+
+import base64
+import struct
+import zlib
+
+import openai
+import pytest
+
+import main
+
+
+def tiny_png() -> bytes:
+    """A valid 1x1 PNG."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0\xff\0\0")) + chunk(
+        b"IEND", b"")
+
+
+def image_part(data: bytes, media_type: str = "image/png") -> dict:
+    return {"type": "image_url", "image_url": {"url": f"data:{media_type};base64,{base64.b64encode(data).decode()}"}}
+
+
+def test_tool_summaries_and_outcomes() -> None:
+    assert main.tool_summary("Bash", {"command": "ls -la\necho more", "description": "list"}) == "Bash: ls -la"
+    assert main.tool_summary("Read", {"file_path": "/etc/hosts"}) == "Read: /etc/hosts"
+    assert main.tool_summary("Other", {"n": 1}) == 'Other: {"n": 1}'
+    ok = {"type": "tool_result", "tool_use_id": "t", "content": "a\nb\nc", "is_error": False}
+    assert main.tool_outcome("Bash", ok) == "exit 0, 3 lines"
+    failed = {"content": [{"type": "text", "text": "No such file\nmore"}], "is_error": True}
+    assert main.tool_outcome("Read", failed) == "failed: No such file"
+
+
+def test_activity_is_reasoning_only_when_enabled() -> None:
+    events = [
+        {"type": "assistant", "parent_tool_use_id": None, "message": {"content": [
+            {"type": "tool_use", "id": "t1", "name": "Bash", "input": {"command": "ls"}}]}},
+        {"type": "user", "parent_tool_use_id": None, "message": {"content": [
+            {"type": "tool_result", "tool_use_id": "t1", "content": "x\ny", "is_error": False}]}},
+    ]
+    shown = main.CompletionBuilder("m", show_activity=True)
+    chunks = [c for e in events for c in shown.feed(e)]
+    assert [c["choices"][0]["delta"] for c in chunks] == [{"reasoning_content": "\nBash: ls\n"},
+                                                          {"reasoning_content": "→ exit 0, 2 lines\n"}]
+    hidden = main.CompletionBuilder("m")
+    assert [c for e in events for c in hidden.feed(e)] == []
+
+
+def test_an_image_reaches_the_api_as_an_image_block(make_proxy, fake_api) -> None:
+    png = tiny_png()
+    client = make_proxy().client()
+    client.chat.completions.create(model="claude-code", messages=[
+        {"role": "user", "content": [{"type": "text", "text": "What is in"}, image_part(png),
+                                     {"type": "text", "text": "?"}]}])
+    blocks = fake_api.main_requests()[0]["messages"][0]["content"]
+    images = [b for b in blocks if b["type"] == "image"]
+    assert [(i["source"]["media_type"], base64.b64decode(i["source"]["data"])) for i in images] == [
+        ("image/png", png)]
+    assert any(b["type"] == "text" and b["text"] == "What is in[image]?" for b in blocks)
+
+
+@pytest.mark.parametrize("part,message", [
+    (image_part(b"GIF89a", "image/bmp"), "Unsupported image type"),
+    ({"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}, "CLAUDE_FETCH_IMAGES"),
+    (image_part(b"x" * 3000), "CLAUDE_MAX_IMAGE_BYTES"),
+])
+def test_bad_or_unfetched_images_are_400(make_fake_proxy, fake_claude_log, part: dict, message: str) -> None:
+    client = make_fake_proxy(claude_max_image_bytes=2000).client()
+    with pytest.raises(openai.BadRequestError, match=message) as raised:
+        client.chat.completions.create(model="claude-code", messages=[{"role": "user", "content": [part]}])
+    assert raised.value.param == "messages[0].content[0]"
+    assert not fake_claude_log.exists()
+
+
+def test_tool_activity_streams_as_reasoning_content(make_proxy) -> None:
+    client = make_proxy(claude_show_tool_activity=1).client()
+    chunks = list(client.chat.completions.create(
+        model="claude-code", messages=[{"role": "user", "content": "[[bash:printf 'a\\nb\\nc\\n']]"}], stream=True))
+    reasoning = "".join(c.choices[0].delta.model_extra.get("reasoning_content") or "" for c in chunks if c.choices)
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert "Bash: printf 'a\\nb\\nc\\n'" in reasoning and "→ exit 0, 3 lines" in reasoning
+    assert content.startswith("I'll run a command.") and "Bash:" not in content
+
+
+def test_tool_activity_is_off_by_default(make_proxy) -> None:
+    completion = make_proxy().client().chat.completions.create(
+        model="claude-code", messages=[{"role": "user", "content": "[[bash:echo hi]]"}])
+    assert completion.choices[0].message.model_extra.get("reasoning_content") is None
