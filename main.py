@@ -1,9 +1,14 @@
 """claude-code-openai-proxy: the Claude Code CLI behind an OpenAI-compatible API.
 
 OpenAI clients (the openai SDKs, OpenClaw, Continue, LangChain, Cursor) post Chat Completions requests; each request
-becomes one agentic Claude Code run with its own tools:
+becomes an agentic Claude Code run with its own tools:
 
     OpenAI request -> build_prompt -> claude -p (stream-json on stdin) -> stream-json events -> SSE chunks | completion
+
+Every run goes through one abstraction, a ClaudeProcess that reads stream-json on stdin and writes it on stdout.
+A one-shot run writes one user message; the same process can also be pre-started (the warm pool), kept for the
+next turn of a conversation (sessions), or held while the client runs the tools Claude called (served to Claude
+Code over MCP by this proxy itself).
 
 Run it with ``./run.sh`` (or ``python main.py --help`` for every setting; each flag has an environment variable).
 It listens on 127.0.0.1:18880 by default. Claude Code runs with permissions skipped unless CLAUDE_PERMISSION_MODE
@@ -963,6 +968,7 @@ class Run:
         self.stop_reason: str | None = None
         self.awaiting: tuple[str, ...] = ()
         self.session_id: str | None = None
+        self.keepable = False  # whether the process may be kept for the conversation's next turn (sessions on)
         self.reply_key: str | None = None  # the conversation's key once the client has the whole reply
         self._message_tools: list[str] = []
         self._release = release
@@ -1226,7 +1232,11 @@ class SessionStore:
 
 
 class Runner:
-    """Starts, tracks and stops Claude Code processes for the app; the only owner of CLI processes."""
+    """Starts, tracks and stops Claude Code processes for the app; the only owner of CLI processes.
+
+    A process is, at any time, warm in the pool, serving a Run (holding a run slot), parked with a Run waiting for
+    the client's tool results, or kept for a conversation's next turn; `live` holds them all, so shutdown stops
+    every one."""
 
     def __init__(self, settings: Settings, environ: Mapping[str, str]) -> None:
         self.settings = settings
@@ -1323,6 +1333,21 @@ class Runner:
             raise
         return await self._begin(process, content, deadline, run_key)
 
+    def find_conversation(self, model: str, messages: list[ChatMessage]) -> tuple[str, int] | None:
+        """The known conversation this request continues (see SessionStore.find), if it can still be resumed:
+        Claude Code deletes old transcripts, and a session without one cannot be resumed."""
+        found = self.sessions.find(model, messages) if self.sessions else None
+        if self.sessions is None or found is None:
+            return None
+        session = self.sessions.sessions[found[0]]
+        if session.process is not None and session.process.running():
+            return found
+        config = self.env.get("CLAUDE_CONFIG_DIR") or os.path.join(self.env.get("HOME", "~"), ".claude")
+        if any(Path(config).expanduser().glob(f"projects/*/{session.session_id}.jsonl")):
+            return found
+        self.sessions.take(found[0])
+        return None
+
     def _keep(self, run: Run) -> None:
         """Keep a finished run's process, waiting on stdin, for the conversation's next turn."""
         assert self.sessions is not None and run.reply_key and run.session_id
@@ -1353,6 +1378,7 @@ class Runner:
 
     async def _begin(self, process: ClaudeProcess, content: list[dict[str, Any]], deadline: float, key: str) -> Run:
         run = Run(process, deadline, self._release, key)
+        run.keepable = self.sessions is not None
         try:
             # stdin stays open until the result is read: the CLI exits on EOF without flushing a large pending
             # write to stdout (a 300 KB result line was cut short on CLI 2.1.197).
@@ -1805,8 +1831,156 @@ def model_card(model_id: str) -> dict[str, Any]:
     return {"id": model_id, "object": "model", "created": 1700000000, "owned_by": "claude-code"}
 
 
+async def on_proxy_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ProxyError)
+    return error_response(exc)
+
+
+async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return error_response(validation_error(exc))
+
+
+async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 404:
+        return error_response(NotFound(f"No route {request.method} {request.url.path}"))
+    error = InvalidRequest(str(exc.detail))
+    error.status = exc.status_code
+    return error_response(error)
+
+
+async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unexpected error on %s %s", request.method, request.url.path)
+    return error_response(ProxyError("Internal server error"))
+
+
+def app_state(request: Request) -> tuple[Settings, Runner]:
+    return request.app.state.settings, request.app.state.runner
+
+
+async def health(request: Request) -> dict[str, Any]:
+    """Status, the Claude Code CLI and its version (or why there is none); never spawns a run."""
+    settings, runner = app_state(request)
+    claude_bin = runner.claude_bin or find_claude(settings.claude_bin)
+    claude: dict[str, Any] = {"found": claude_bin is not None, "path": claude_bin, "version": runner.claude_version}
+    if claude_bin is None:
+        claude["error"] = "Claude Code CLI not found: install it or set CLAUDE_BIN"
+    return {"status": "ok" if claude_bin else "unavailable", "service": "claude-code-openai-proxy",
+            "version": __version__, "claude": claude, "pool": {"idle": runner.pool.idle_count}}
+
+
+async def list_models(request: Request) -> dict[str, Any]:
+    settings, _ = app_state(request)
+    check_token(request, settings.token)
+    return {"object": "list", "data": [model_card(m) for m in (settings.model_name, *MODEL_ALIASES)]}
+
+
+async def get_model(model_id: str, request: Request) -> dict[str, Any]:
+    settings, _ = app_state(request)
+    check_token(request, settings.token)
+    resolve_model(model_id, settings)
+    return model_card(model_id)
+
+
+async def mcp_endpoint(secret: str, request: Request) -> Response:
+    # Claude Code's MCP client calls back here for the client's tools; the unguessable path is the credential.
+    settings, runner = app_state(request)
+    bridge = runner.bridges.get(secret)
+    if bridge is None:
+        raise NotFound("No such tool bridge")
+    message = await read_json(request, settings.max_body_bytes)
+    reply = await answer_mcp(bridge, message) if isinstance(message, dict) else None
+    return JSONResponse(reply) if reply is not None else Response(status_code=202)
+
+
+async def prompt_content(messages: list[ChatMessage], settings: Settings) -> tuple[str | None, list[dict[str, Any]]]:
+    """The system prompt and the user turn's content blocks (text, then the images) for `messages`."""
+    prompt = build_prompt(messages, settings.system_prompt_mode)
+    images = [await fetch_image(url, where, settings) for url, where in image_urls(messages)]
+    return prompt.system, [{"type": "text", "text": prompt.text}, *images]
+
+
+async def start_run(req: ChatRequest, settings: Settings, runner: Runner, deadline: float) -> Run:
+    """Continue the parked run this request brings tool results for, or the session of the conversation it
+    continues, or start a new run."""
+    model = resolve_model(req.model, settings)
+    tools = bridge_tools(req)
+    system, content = await prompt_content(req.messages, settings)
+    if tools and (run := await runner.resume(req.model, req.messages, deadline)):
+        return run
+    system = "\n\n".join(x for x in (system, tool_choice_instruction(req)) if x) or None
+    launch = Launch(model=model, system_prompt=system, cwd=settings.cwd or None, tools=tools,
+                    persist=settings.sessions)
+    key = conversation_key(req.model, req.messages)
+    if found := runner.find_conversation(req.model, req.messages):
+        _, new_turns = await prompt_content(req.messages[found[1]:], settings)
+        return await runner.continue_session(found[0], launch, new_turns, deadline, key)
+    return await runner.start(launch, content, deadline, key)
+
+
+def remember_reply(req: ChatRequest, run: Run, builder: CompletionBuilder) -> None:
+    """Key the conversation with the reply the client got, so that its next turn can continue the session."""
+    if run.keepable and run.done and not builder.tool_calls:
+        reply = ChatMessage(role="assistant", content="".join(builder.text))
+        run.reply_key = conversation_key(req.model, [*req.messages, reply])
+
+
+async def chat_completions(request: Request) -> Response:
+    """POST /v1/chat/completions: one Claude Code run (or its continuation), streamed or as one completion."""
+    started = time.monotonic()
+    settings, runner = app_state(request)
+    check_token(request, settings.token)
+    req = parse_chat_request(await read_json(request, settings.max_body_bytes))
+    if ignored := check_request(req):
+        logger.debug("ignoring request fields: %s", ", ".join(ignored))
+    builder = CompletionBuilder(req.model, bool(req.stream_options and req.stream_options.include_usage),
+                                settings.show_tool_activity)
+    try:
+        run = await start_run(req, settings, runner, started + settings.timeout)
+        try:
+            await run.prime(settings.keepalive)
+        except BaseException:
+            await run.close()
+            raise
+    except ProxyError as exc:
+        log_request(builder, req.stream, f"{exc.status} {exc.code}", started)
+        raise
+    if req.stream:
+        return stream_response(req, run, builder, settings.keepalive, started)
+    return await json_response(request, req, run, builder, started)
+
+
+def stream_response(req: ChatRequest, run: Run, builder: CompletionBuilder, keepalive: float,
+                    started: float) -> StreamingResponse:
+    def on_end(error: ProxyError | None) -> None:
+        if error is None:
+            remember_reply(req, run, builder)
+        log_request(builder, True, f"200 {error.code}" if error else "200", started)
+
+    return StreamingResponse(stream_body(run, builder, keepalive, on_end), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def json_response(request: Request, req: ChatRequest, run: Run, builder: CompletionBuilder,
+                        started: float) -> Response:
+    try:
+        completion = await until_disconnect(request, collect(run, builder))
+    except ProxyError as exc:
+        await run.close()
+        log_request(builder, False, f"{exc.status} {exc.code}", started)
+        raise
+    log_request(builder, False, "200" if completion else "499 client gone", started)
+    if completion is None:
+        await run.close()
+        return Response(status_code=499)
+    remember_reply(req, run, builder)
+    # The body goes out first; closing the run (the CLI exiting, or being kept) happens after.
+    return JSONResponse(completion, background=BackgroundTask(run.close))
+
+
 def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> FastAPI:
-    """The FastAPI app; all state (the Runner) lives on app.state."""
+    """The FastAPI app; its state (settings and the Runner) lives on app.state."""
     runner = Runner(settings, os.environ if environ is None else environ)
 
     @contextlib.asynccontextmanager
@@ -1819,130 +1993,15 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
 
     app = FastAPI(title="claude-code-openai-proxy", version=__version__, lifespan=lifespan,
                   docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.runner = runner
-    model_ids = (settings.model_name, *MODEL_ALIASES)
-
-    @app.exception_handler(ProxyError)
-    async def on_proxy_error(request: Request, exc: ProxyError) -> JSONResponse:
-        return error_response(exc)
-
-    @app.exception_handler(RequestValidationError)
-    async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(validation_error(exc))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        error = NotFound(f"No route {request.method} {request.url.path}") if exc.status_code == 404 else None
-        if error is None:
-            error = InvalidRequest(str(exc.detail))
-            error.status = exc.status_code
-        return error_response(error)
-
-    @app.exception_handler(Exception)
-    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unexpected error on %s %s", request.method, request.url.path)
-        return error_response(ProxyError("Internal server error"))
-
-    @app.get("/")
-    async def health() -> dict[str, Any]:
-        claude_bin = runner.claude_bin or find_claude(settings.claude_bin)
-        claude: dict[str, Any] = {"found": claude_bin is not None, "path": claude_bin,
-                                  "version": runner.claude_version}
-        if claude_bin is None:
-            claude["error"] = "Claude Code CLI not found: install it or set CLAUDE_BIN"
-        return {"status": "ok" if claude_bin else "unavailable", "service": "claude-code-openai-proxy",
-                "version": __version__, "claude": claude, "pool": {"idle": runner.pool.idle_count}}
-
-    @app.get("/v1/models")
-    async def list_models(request: Request) -> dict[str, Any]:
-        check_token(request, settings.token)
-        return {"object": "list", "data": [model_card(m) for m in model_ids]}
-
-    @app.get("/v1/models/{model_id:path}")
-    async def get_model(model_id: str, request: Request) -> dict[str, Any]:
-        check_token(request, settings.token)
-        resolve_model(model_id, settings)
-        return model_card(model_id)
-
-    async def prompt_content(messages: list[ChatMessage]) -> tuple[str | None, list[dict[str, Any]]]:
-        """The system prompt and the user turn's content blocks (text, then the images) for `messages`."""
-        prompt = build_prompt(messages, settings.system_prompt_mode)
-        images = [await fetch_image(url, where, settings) for url, where in image_urls(messages)]
-        return prompt.system, [{"type": "text", "text": prompt.text}, *images]
-
-    async def start_run(req: ChatRequest, deadline: float) -> Run:
-        """Continue the parked run this request brings tool results for, or the session of the conversation it
-        continues, or start a new run."""
-        model = resolve_model(req.model, settings)
-        tools = bridge_tools(req)
-        system, content = await prompt_content(req.messages)
-        if tools and (run := await runner.resume(req.model, req.messages, deadline)):
-            return run
-        system = "\n\n".join(x for x in (system, tool_choice_instruction(req)) if x) or None
-        launch = Launch(model=model, system_prompt=system, cwd=settings.cwd or None, tools=tools,
-                        persist=settings.sessions)
-        key = conversation_key(req.model, req.messages)
-        if runner.sessions and (found := runner.sessions.find(req.model, req.messages)):
-            _, new_turns = await prompt_content(req.messages[found[1]:])
-            return await runner.continue_session(found[0], launch, new_turns, deadline, key)
-        return await runner.start(launch, content, deadline, key)
-
-    def remember_reply(req: ChatRequest, run: Run, builder: CompletionBuilder) -> None:
-        """Key the conversation with the reply the client got, so that its next turn can continue the session."""
-        if settings.sessions and run.done and not builder.tool_calls:
-            reply = ChatMessage(role="assistant", content="".join(builder.text))
-            run.reply_key = conversation_key(req.model, [*req.messages, reply])
-
-    @app.post("/mcp/{secret}")
-    async def mcp(secret: str, request: Request) -> Response:
-        # Claude Code's MCP client calls back here for the client's tools; the unguessable path is the credential.
-        bridge = runner.bridges.get(secret)
-        if bridge is None:
-            raise NotFound("No such tool bridge")
-        message = await read_json(request, settings.max_body_bytes)
-        reply = await answer_mcp(bridge, message) if isinstance(message, dict) else None
-        return JSONResponse(reply) if reply is not None else Response(status_code=202)
-
-    async def chat_completions(request: Request) -> Response:
-        started = time.monotonic()
-        check_token(request, settings.token)
-        req = parse_chat_request(await read_json(request, settings.max_body_bytes))
-        if ignored := check_request(req):
-            logger.debug("ignoring request fields: %s", ", ".join(ignored))
-        builder = CompletionBuilder(req.model, bool(req.stream_options and req.stream_options.include_usage),
-                                    settings.show_tool_activity)
-        try:
-            run = await start_run(req, started + settings.timeout)
-            try:
-                await run.prime(settings.keepalive)
-            except BaseException:
-                await run.close()
-                raise
-        except ProxyError as exc:
-            log_request(builder, req.stream, f"{exc.status} {exc.code}", started)
-            raise
-        if req.stream:
-            def on_end(error: ProxyError | None) -> None:
-                if error is None:
-                    remember_reply(req, run, builder)
-                log_request(builder, True, f"200 {error.code}" if error else "200", started)
-
-            body = stream_body(run, builder, settings.keepalive, on_end)
-            return StreamingResponse(body, media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        try:
-            completion = await until_disconnect(request, collect(run, builder))
-        except ProxyError as exc:
-            await run.close()
-            log_request(builder, False, f"{exc.status} {exc.code}", started)
-            raise
-        log_request(builder, False, "200" if completion else "499 client gone", started)
-        if completion is None:
-            await run.close()
-            return Response(status_code=499)
-        remember_reply(req, run, builder)
-        return JSONResponse(completion, background=BackgroundTask(run.close))
-
+    app.state.settings, app.state.runner = settings, runner
+    app.add_exception_handler(ProxyError, on_proxy_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_unexpected)
+    app.add_api_route("/", health, methods=["GET"])
+    app.add_api_route("/v1/models", list_models, methods=["GET"])
+    app.add_api_route("/v1/models/{model_id:path}", get_model, methods=["GET"])
+    app.add_api_route("/mcp/{secret}", mcp_endpoint, methods=["POST"])
     for path in ("/v1/chat/completions", "/chat/completions"):
         app.add_api_route(path, chat_completions, methods=["POST"])
     return app

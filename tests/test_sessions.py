@@ -62,6 +62,19 @@ def test_a_conversation_resumes_after_a_restart(make_proxy, fake_api) -> None:
         ("user", "[[reply:ALPHA]] remember this"), ("assistant", "ALPHA"), ("user", "[[reply:BETA]] and now?")]
 
 
+def test_a_conversation_whose_transcript_is_gone_starts_fresh(make_proxy, fake_api, tmp_path) -> None:
+    first_proxy = make_proxy(claude_sessions=1)
+    history = [{"role": "user", "content": "[[reply:ALPHA]] hi"}]
+    history.append({"role": "assistant", "content": chat(first_proxy, history)})
+    first_proxy.stop()
+    [transcript] = (tmp_path / "home/.claude/projects").glob("*/*.jsonl")
+    transcript.unlink()
+    history.append({"role": "user", "content": "[[reply:BETA]] next"})
+    assert chat(make_proxy(claude_sessions=1), history) == "BETA"
+    [(role, text)] = turn_texts(fake_api.main_requests()[-1])
+    assert text.startswith("<conversation>")
+
+
 def test_a_diverged_history_starts_fresh(make_proxy, fake_api) -> None:
     proxy = make_proxy(claude_sessions=1)
     history = [{"role": "user", "content": "[[reply:ALPHA]] hi"}]
