@@ -128,6 +128,7 @@ SSE_DONE = "data: [DONE]\n\n"
 STDERR_TAIL_LINES = 40
 STOP_GRACE_S = 2.0
 SYSTEM_PROMPT_FILE_BYTES = 100_000
+MAX_SESSIONS = 1000  # conversations remembered for resuming; the oldest beyond are forgotten
 
 
 def _parse_bool(text: str) -> bool:
@@ -795,6 +796,11 @@ class ClaudeProcess:
         async for line in self.proc.stderr:
             self.stderr_tail.append(line.decode(errors="replace").rstrip())
 
+    def _close_input(self) -> None:
+        with contextlib.suppress(OSError):
+            if self.proc.stdin is not None and not self.proc.stdin.is_closing():
+                self.proc.stdin.close()
+
     async def stop(self, reason: ProxyError | None = None) -> None:
         """Stop the process and every process it started; safe to call twice and from a cancelled task.
 
@@ -810,9 +816,7 @@ class ClaudeProcess:
         # when the CLI dies: note the whole tree before any signal. SIGINT first: the CLI then ends its own tool
         # processes (SIGTERM/SIGKILL of the CLI orphan them, measured on CLI 2.1.197).
         tree = _descendants(self.pid)
-        with contextlib.suppress(OSError):
-            if self.proc.stdin is not None and not self.proc.stdin.is_closing():
-                self.proc.stdin.close()
+        self._close_input()
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
             if self.proc.returncode is not None:
                 break
@@ -836,9 +840,7 @@ class ClaudeProcess:
         """Let a process whose work is done exit on its own (stdin closed) and end what it left running;
         stop() then cleans up."""
         tree = _descendants(self.pid)
-        with contextlib.suppress(OSError):
-            if self.proc.stdin is not None and not self.proc.stdin.is_closing():
-                self.proc.stdin.close()
+        self._close_input()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.shield(self.proc.wait()), 1.0)
         _kill_all(tree | _descendants(self.pid))
@@ -1163,7 +1165,8 @@ class SessionStore:
 
     A request whose history is such a conversation plus new user turns continues it: the kept CLI process gets just
     the new turn, or, once that process is gone, `--resume` replays the session from disk. The map is saved in
-    `path`, so it outlives a restart; entries expire after `ttl` seconds, and at most `max_live` processes are kept.
+    `path`, so it outlives a restart; entries expire after `ttl` seconds (MAX_SESSIONS at most), and at most
+    `max_live` processes are kept.
     """
 
     def __init__(self, path: Path, max_live: int, ttl: float) -> None:
@@ -1203,32 +1206,35 @@ class SessionStore:
         self.save()
         return session
 
-    def keep(self, key: str, session: Session) -> list[ClaudeProcess]:
-        """Remember a conversation; returns the processes beyond max_live, least recently used first, to stop."""
+    def keep(self, key: str, session: Session) -> tuple[list[ClaudeProcess], list[str]]:
+        """Remember a conversation. Returns what to remove: the processes beyond max_live and, beyond MAX_SESSIONS
+        conversations, the folders of the oldest (least recently used first)."""
         self.sessions[key] = session
-        self.save()
-        live = sorted((s for s in self.sessions.values() if s.process), key=lambda s: s.updated)
-        evicted: list[ClaudeProcess] = []
+        by_age = sorted(self.sessions.items(), key=lambda item: item[1].updated)
+        processes, folders = self._drop([k for k, _ in by_age[: max(0, len(by_age) - MAX_SESSIONS)]])
+        live = [s for k, s in by_age if s.process is not None and k in self.sessions]
         for old in live[: max(0, len(live) - self.max_live)]:
             assert old.process is not None
-            evicted.append(old.process)
+            processes.append(old.process)
             old.process = None
-        return evicted
+        self.save()
+        return processes, folders
 
     def expire(self, idle_ttl: float) -> tuple[list[ClaudeProcess], list[str]]:
-        """Processes idle longer than idle_ttl, and the folders of conversations older than ttl (both to remove)."""
-        now, processes, folders = time.time(), [], []
-        for key, session in list(self.sessions.items()):
-            if session.process and now - session.updated > idle_ttl:
+        """Processes idle longer than idle_ttl, and conversations older than ttl: what to remove."""
+        now = time.time()
+        processes, folders = self._drop([k for k, s in self.sessions.items() if now - s.updated > self.ttl])
+        for session in self.sessions.values():
+            if session.process is not None and now - session.updated > idle_ttl:
                 processes.append(session.process)
                 session.process = None
-            if now - session.updated > self.ttl:
-                del self.sessions[key]
-                folders += [session.cwd] if session.owned else []
-                processes += [session.process] if session.process else []
-        if folders:
+        if folders or processes:
             self.save()
         return processes, folders
+
+    def _drop(self, keys: list[str]) -> tuple[list[ClaudeProcess], list[str]]:
+        dropped = [self.sessions.pop(key) for key in keys]
+        return [s.process for s in dropped if s.process], [s.cwd for s in dropped if s.owned]
 
 
 class Runner:
@@ -1354,8 +1360,8 @@ class Runner:
         process = run.process
         session = Session(run.session_id, process.cwd, process.owns_cwd, time.time(), process)
         process.owns_cwd = False
-        for evicted in self.sessions.keep(run.reply_key, session):
-            asyncio.get_running_loop().create_task(self.retire(evicted))
+        processes, folders = self.sessions.keep(run.reply_key, session)
+        asyncio.get_running_loop().create_task(self._remove(processes, folders))
 
     async def _admit(self, deadline: float) -> None:
         if self.closed:
@@ -1460,10 +1466,13 @@ class Runner:
             await asyncio.sleep(interval)
             await self.pool.expire()
             if self.sessions:
-                processes, folders = self.sessions.expire(self.settings.pool_idle_ttl)
-                await asyncio.gather(*(self.retire(process) for process in processes))
-                for folder in folders:
-                    shutil.rmtree(folder, ignore_errors=True)
+                await self._remove(*self.sessions.expire(self.settings.pool_idle_ttl))
+
+    async def _remove(self, processes: list[ClaudeProcess], folders: list[str]) -> None:
+        """Stop processes and delete conversation folders the session store let go of."""
+        await asyncio.gather(*(self.retire(process) for process in processes))
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
 
     async def retire(self, process: ClaudeProcess) -> None:
         """Stop a process that serves no run."""

@@ -117,3 +117,26 @@ def test_sessions_off_flattens_every_turn(make_proxy, fake_api) -> None:
     [(role, text)] = turn_texts(fake_api.main_requests()[-1])
     assert text.startswith("<conversation>")
     assert wait_until(lambda: not proxy.children(), timeout=5)
+
+
+def test_the_session_store_is_bounded(tmp_path, monkeypatch) -> None:
+    import main
+
+    monkeypatch.setattr(main, "MAX_SESSIONS", 3)
+    store = main.SessionStore(tmp_path / "sessions.json", max_live=2, ttl=100)
+    processes = [object() for _ in range(4)]
+    removed = [store.keep(f"k{i}", main.Session(f"s{i}", f"/d{i}", True, 1000.0 + i, processes[i]))
+               for i in range(4)]
+    assert removed[0] == ([], []) and removed[1] == ([], [])
+    assert removed[2] == ([processes[0]], [])
+    assert removed[3] == ([processes[1]], ["/d0"])
+    assert sorted(store.sessions) == ["k1", "k2", "k3"]
+    reloaded = main.SessionStore(tmp_path / "sessions.json", max_live=2, ttl=100)
+    assert {k: s.session_id for k, s in reloaded.sessions.items()} == {"k1": "s1", "k2": "s2", "k3": "s3"}
+    assert all(s.process is None for s in reloaded.sessions.values())
+    assert oct((tmp_path / "sessions.json").stat().st_mode & 0o777) == "0o600"
+    no_live = main.SessionStore(tmp_path / "other.json", max_live=0, ttl=100)
+    assert no_live.keep("k", main.Session("s", "/d", False, 1.0, processes[0])) == ([processes[0]], [])
+    processes_gone, folders_gone = store.expire(idle_ttl=10**9)
+    assert (processes_gone, folders_gone) == ([processes[2], processes[3]], ["/d1", "/d2", "/d3"])
+    assert store.sessions == {}
