@@ -91,3 +91,35 @@ def test_tool_activity_is_off_by_default(make_proxy) -> None:
     completion = make_proxy().client().chat.completions.create(
         model="claude-code", messages=[{"role": "user", "content": "[[bash:echo hi]]"}])
     assert completion.choices[0].message.model_extra.get("reasoning_content") is None
+
+
+def test_image_urls_are_fetched_only_when_allowed(make_proxy, fake_api, tmp_path) -> None:
+    import functools
+    import http.server
+    import threading
+
+    (tmp_path / "cat.png").write_bytes(tiny_png())
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/cat.png"
+    try:
+        client = make_proxy(claude_fetch_images=1).client()
+        client.chat.completions.create(model="claude-code", messages=[
+            {"role": "user", "content": [{"type": "text", "text": "look"},
+                                         {"type": "image_url", "image_url": {"url": url}}]}])
+    finally:
+        server.shutdown()
+    [image] = [b for b in fake_api.main_requests()[0]["messages"][0]["content"] if b["type"] == "image"]
+    assert image["source"]["media_type"] == "image/png"
+    assert base64.b64decode(image["source"]["data"]) == tiny_png()
+
+
+def test_long_silence_gets_keepalive_chunks(make_proxy) -> None:
+    client = make_proxy(claude_keepalive=0.5).client()
+    chunks = list(client.chat.completions.create(
+        model="claude-code", messages=[{"role": "user", "content": "[[bash:sleep 3]]"}], stream=True))
+    empty = [c for c in chunks if c.choices and c.choices[0].delta.content is None
+             and c.choices[0].delta.role is None and c.choices[0].finish_reason is None]
+    assert len(empty) >= 3
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).startswith("I'll run a command.")
