@@ -134,27 +134,11 @@ def wait_quiet(roots: list[psutil.Process], timeout: float = 15.0, window: float
 
 
 def bench_env(home: Path, base_url: str) -> dict[str, str]:
-    """The CLI's environment, as in tests/conftest.py (cli_env): an isolated HOME, only the fake API reachable,
-    no retries, no telemetry or other side traffic. Nothing Claude-, Anthropic- or proxy-related is inherited."""
-    env = {
-        key: value for key, value in os.environ.items()
-        if not key.startswith(("CLAUDE", "ANTHROPIC_", "PROXY_")) and key not in ("MODEL_NAME",)
-    }
-    no_proxy = ",".join(filter(None, [env.get("NO_PROXY") or env.get("no_proxy"), "127.0.0.1,localhost"]))
-    env.update(
-        HOME=str(home),
-        ANTHROPIC_BASE_URL=base_url,
-        ANTHROPIC_API_KEY="test-key",
-        CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
-        DISABLE_TELEMETRY="1",
-        DISABLE_AUTOUPDATER="1",
-        CLAUDE_CODE_MAX_RETRIES="0",
-        NO_PROXY=no_proxy,
-        no_proxy=no_proxy,
-    )
-    if os.geteuid() == 0:
-        env["IS_SANDBOX"] = "1"  # the CLI refuses to skip permissions as root otherwise
-    return env
+    """The CLI's environment, the same as the tests' (tests/fake_anthropic.py: cli_environment)."""
+    sys.path.insert(0, str(TESTS))
+    from fake_anthropic import cli_environment
+
+    return cli_environment(str(home), base_url)
 
 
 def find_cli(explicit: str | None) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fake_anthropic import FakeAnthropic
+from fake_anthropic import FakeAnthropic, cli_environment
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -35,33 +35,10 @@ def fake_api() -> Iterator[FakeAnthropic]:
 
 @pytest.fixture
 def cli_env(tmp_path: Path, fake_api: FakeAnthropic) -> dict[str, str]:
-    """An environment for the CLI: isolated HOME, only the fake API reachable, no retries, no side traffic.
-
-    CLAUDE_CONFIG_DIR is dropped too (it would bypass the isolated HOME), and 127.0.0.1 is added to NO_PROXY.
-    """
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in ("CLAUDECODE", "CLAUDE_CONFIG_DIR")
-        and not key.startswith(("CLAUDE_CODE_", "ANTHROPIC_"))
-    }
+    """An environment for the CLI: isolated HOME, only the fake API reachable, no retries, no side traffic."""
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
-    no_proxy = ",".join(filter(None, [env.get("NO_PROXY") or env.get("no_proxy"), "127.0.0.1,localhost"]))
-    env.update(
-        HOME=str(home),
-        ANTHROPIC_BASE_URL=fake_api.base_url,
-        ANTHROPIC_API_KEY="test-key",
-        CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
-        DISABLE_TELEMETRY="1",
-        DISABLE_AUTOUPDATER="1",
-        CLAUDE_CODE_MAX_RETRIES="0",
-        NO_PROXY=no_proxy,
-        no_proxy=no_proxy,
-    )
-    if os.geteuid() == 0:
-        env["IS_SANDBOX"] = "1"
-    return env
+    return cli_environment(str(home), fake_api.base_url)
 
 
 # Servers of the proxy itself (tests/proxy_fixtures.py): make_proxy (real CLI), make_fake_proxy (fake_claude.py).

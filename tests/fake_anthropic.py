@@ -575,6 +575,21 @@ class FakeAnthropic:
             return f"toolu_fake_{self._tool_count}"
 
 
+def cli_environment(home: str, base_url: str) -> dict[str, str]:
+    """An environment for the real CLI against this fake: an isolated HOME, only the fake API reachable, no retries,
+    no telemetry or other side traffic, and nothing Claude-, Anthropic- or proxy-related inherited (a
+    CLAUDE_CONFIG_DIR would bypass the isolated HOME). Used by the tests' cli_env fixture and by bench/."""
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("CLAUDE", "ANTHROPIC_", "PROXY_")) and key != "MODEL_NAME"}
+    no_proxy = ",".join(filter(None, [env.get("NO_PROXY") or env.get("no_proxy"), "127.0.0.1,localhost"]))
+    env.update(HOME=home, ANTHROPIC_BASE_URL=base_url, ANTHROPIC_API_KEY="test-key",
+               CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1", DISABLE_TELEMETRY="1", DISABLE_AUTOUPDATER="1",
+               CLAUDE_CODE_MAX_RETRIES="0", NO_PROXY=no_proxy, no_proxy=no_proxy)
+    if os.geteuid() == 0:
+        env["IS_SANDBOX"] = "1"  # the CLI refuses to skip permissions as root otherwise
+    return env
+
+
 def is_side_request(body: dict) -> bool:
     if (body.get("output_config") or {}).get("format"):
         return True
