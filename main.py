@@ -1304,7 +1304,8 @@ class Runner:
         try:
             process = await ClaudeProcess.spawn(argv, self.env, cwd, workdir, self.settings.max_line_bytes)
         except ProxyError:
-            shutil.rmtree(workdir, ignore_errors=True)
+            for folder in {workdir, cwd} - {launch.cwd}:
+                shutil.rmtree(folder, ignore_errors=True)
             raise
         process.cwd, process.owns_cwd = cwd, cwd != workdir and launch.cwd is None
         if bridge:
@@ -1324,20 +1325,33 @@ class Runner:
     async def continue_session(self, key: str, launch: Launch, content: list[dict[str, Any]], deadline: float,
                                run_key: str) -> Run:
         """A run continuing the conversation `key` of the session store, sent only its new turns (`content`): on the
-        kept CLI process, or on one resuming the session from disk."""
+        kept CLI process, or on one resuming the session from disk. If it cannot start, the conversation stays
+        known."""
         assert self.sessions is not None
         session = self.sessions.take(key)
-        await self._admit(deadline)
         try:
-            process = session.process if session.process and session.process.running() else None
-            if process is None:
-                resumed = dataclasses.replace(launch, cwd=session.cwd, persist=True, resume=session.session_id)
-                process = await self.spawn(resumed)
-                process.owns_cwd = session.owned
+            await self._admit(deadline)
+        except BaseException:
+            self._remember(key, session)
+            raise
+        try:
+            process = await self._session_process(launch, session)
         except BaseException:
             self.admission.release()
+            self._remember(key, session)
             raise
         return await self._begin(process, content, deadline, run_key)
+
+    async def _session_process(self, launch: Launch, session: Session) -> ClaudeProcess:
+        if session.process is not None and session.process.running():
+            return session.process
+        if session.process is not None:
+            await self.retire(session.process)
+            session.process = None
+        process = await self.spawn(dataclasses.replace(launch, cwd=session.cwd, persist=True,
+                                                       resume=session.session_id))
+        process.owns_cwd = session.owned
+        return process
 
     def find_conversation(self, model: str, messages: list[ChatMessage]) -> tuple[str, int] | None:
         """The known conversation this request continues (see SessionStore.find), if it can still be resumed:
@@ -1360,7 +1374,11 @@ class Runner:
         process = run.process
         session = Session(run.session_id, process.cwd, process.owns_cwd, time.time(), process)
         process.owns_cwd = False
-        processes, folders = self.sessions.keep(run.reply_key, session)
+        self._remember(run.reply_key, session)
+
+    def _remember(self, key: str, session: Session) -> None:
+        assert self.sessions is not None
+        processes, folders = self.sessions.keep(key, session)
         asyncio.get_running_loop().create_task(self._remove(processes, folders))
 
     async def _admit(self, deadline: float) -> None:

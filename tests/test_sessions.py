@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from proxy_harness import wait_until
+from proxy_harness import processes_matching, wait_until
 
 
 def turn_texts(request: dict) -> list[tuple[str, str]]:
@@ -140,3 +140,26 @@ def test_the_session_store_is_bounded(tmp_path, monkeypatch) -> None:
     processes_gone, folders_gone = store.expire(idle_ttl=10**9)
     assert (processes_gone, folders_gone) == ([processes[2], processes[3]], ["/d1", "/d2", "/d3"])
     assert store.sessions == {}
+
+
+def test_a_continuation_refused_for_overload_can_be_retried(make_proxy, fake_api) -> None:
+    import httpx
+    import openai
+    import pytest
+
+    proxy = make_proxy(claude_sessions=1, claude_max_concurrency=1, claude_max_queue=0)
+    history = [{"role": "user", "content": "[[reply:ALPHA]] hi"}]
+    history += [{"role": "assistant", "content": chat(proxy, history)},
+                {"role": "user", "content": "[[reply:BETA]] next"}]
+    [kept] = cli_processes(proxy)
+    with httpx.stream("POST", proxy.url + "/v1/chat/completions", timeout=60, json={
+            "model": "claude-code", "stream": True,
+            "messages": [{"role": "user", "content": "[[bash:sleep 4.5]] other"}]}) as busy:
+        assert busy.status_code == 200
+        assert wait_until(lambda: processes_matching("sleep 4.5"), timeout=20)
+        with pytest.raises(openai.RateLimitError):
+            chat(proxy, history)
+        busy.read()
+    assert chat(proxy, history) == "BETA"
+    assert kept in cli_processes(proxy)
+    assert [role for role, _ in turn_texts(fake_api.main_requests()[-1])] == ["user", "assistant", "user"]
