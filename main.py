@@ -39,7 +39,7 @@ import tempfile
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -1076,7 +1076,7 @@ class WarmPool:
     """
 
     def __init__(self, size: int, ttl: float, spawn: Callable[[Launch], Awaitable[ClaudeProcess]],
-                 retire: Callable[[ClaudeProcess], Awaitable[None]]) -> None:
+                 retire: Callable[[ClaudeProcess], Coroutine[Any, Any, None]]) -> None:
         self.size = size
         self.ttl = ttl
         self._spawn = spawn
@@ -1639,7 +1639,8 @@ class CompletionBuilder:
         if block.get("type") != "tool_use" or not name.startswith(MCP_PREFIX):
             return []
         def call() -> dict[str, Any]:
-            return {"id": block["id"], "type": "function", "function": {"name": name[len(MCP_PREFIX):], "arguments": ""}}
+            function = {"name": name[len(MCP_PREFIX):], "arguments": ""}
+            return {"id": block["id"], "type": "function", "function": function}
 
         self._block_calls[index] = len(self.tool_calls)
         self.tool_calls.append(call())

@@ -177,7 +177,8 @@ def test_rate_limits_and_overload_map_to_retryable_statuses(make_proxy, status, 
 def test_timeout_during_a_stream_is_reported_in_stream(make_proxy) -> None:
     proxy = make_proxy(claude_timeout=8)
     with httpx.stream("POST", proxy.url + CHAT, timeout=30, json={
-        "model": "claude-code", "stream": True, "messages": [{"role": "user", "content": "[[drip:2]] [[reply:a b c d e f g h]]"}],
+        "model": "claude-code", "stream": True,
+        "messages": [{"role": "user", "content": "[[drip:2]] [[reply:a b c d e f g h]]"}],
     }) as response:
         payloads = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
     assert payloads[-1] == "[DONE]"

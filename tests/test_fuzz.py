@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from proxy_fixtures import fake_claude_calls
 
-json_scalars = st.none() | st.booleans() | st.integers(-10**12, 10**12) | st.floats(allow_nan=False) | st.text(max_size=20)
+json_scalars = (st.none() | st.booleans() | st.integers(-10**12, 10**12) | st.floats(allow_nan=False)
+                | st.text(max_size=20))
 json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=4)
                            | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
 roles = st.sampled_from(["user", "assistant", "system", "developer", "tool", "function", "wizard", "", "USER"])
