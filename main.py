@@ -1753,7 +1753,8 @@ async def read_json(request: Request, max_bytes: int) -> Any:
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if content_type != "application/json" and not content_type.endswith("+json"):
         raise UnsupportedMediaType(f"Expected Content-Type application/json, got '{content_type}'")
-    if int(request.headers.get("content-length") or 0) > max_bytes:
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > max_bytes:
         raise PayloadTooLarge(f"The request body is larger than PROXY_MAX_BODY_BYTES ({max_bytes} bytes)")
     body = bytearray()
     async for chunk in request.stream():
