@@ -740,6 +740,11 @@ class ClaudeProcess:
         except (BrokenPipeError, ConnectionResetError) as exc:
             raise await self.failure() from exc
 
+    @property
+    def has_pending(self) -> bool:
+        """Whether events already read from the CLI are waiting."""
+        return not self._events.empty()
+
     async def next_event(self) -> dict[str, Any] | None:
         """The next event; None once stdout has ended."""
         item = await self._events.get()
@@ -1052,6 +1057,10 @@ class Run:
             yield self._backlog.popleft()
         while not self.done and not self.awaiting:
             yield await self._next(idle)
+
+    @property
+    def has_pending(self) -> bool:
+        return bool(self._backlog) or self.process.has_pending
 
     def resume(self, results: dict[str, str], deadline: float, key: str) -> None:
         """Continue a parked run: hand the client's tool results to Claude Code."""
@@ -1835,22 +1844,25 @@ async def stream_body(run: Run, builder: CompletionBuilder, keepalive: float,
     A client disconnect cancels this generator; `finally` then stops the run (shielded from the cancellation).
     """
     error: ProxyError | None = None
+    frames: list[str] = []
     try:
         try:
             yield sse(builder.role_chunk())
             async for event in run.events(idle=keepalive):
-                for chunk in [builder.keepalive_chunk()] if event is None else builder.feed(event):
-                    yield sse(chunk)
-            for chunk in builder.finish():
-                yield sse(chunk)
+                frames += map(sse, [builder.keepalive_chunk()] if event is None else builder.feed(event))
+                if frames and not run.has_pending:  # one write for all the CLI has written so far
+                    yield "".join(frames)
+                    frames.clear()
+            frames += map(sse, builder.finish())
         except ProxyError as exc:
             error = exc
         except Exception:
             logger.exception("%s failed while streaming", builder.id)
             error = ProxyError("Internal error while streaming")
         if error is not None:
-            yield sse(error_envelope(error))
-        yield SSE_DONE  # before the run is closed: the client need not wait for the CLI to exit
+            frames.append(sse(error_envelope(error)))
+        # [DONE] goes out before the run is closed: the client need not wait for the CLI to exit.
+        yield "".join(frames) + SSE_DONE
     finally:
         on_end(error)
         await run.close()
