@@ -566,11 +566,12 @@ def trailing_tool_results(messages: list[ChatMessage]) -> dict[str, str]:
 
 
 def prefix_keys(model: str, messages: list[ChatMessage]) -> list[str]:
-    """The conversation key of every prefix: keys[i] covers messages[:i + 1].
+    """The conversation key of every prefix, in one pass: keys[n] covers messages[:n].
 
     A key digests a conversation's meaning (model, roles, texts, tool calls), blind to formatting clients change
     when they send the history back (content as parts, JSON spacing)."""
-    digest, keys = hashlib.sha256(model.encode()), []
+    digest = hashlib.sha256(model.encode())
+    keys = [digest.hexdigest()]
     for i, message in enumerate(messages):
         calls = [(c.id, c.function.name, _canonical_json(c.function.arguments)) for c in message.tool_calls or []]
         images = [hashlib.sha256(url.encode()).hexdigest() for url, _ in image_urls([message])]
@@ -581,7 +582,7 @@ def prefix_keys(model: str, messages: list[ChatMessage]) -> list[str]:
 
 
 def conversation_key(model: str, messages: list[ChatMessage]) -> str:
-    return prefix_keys(model, messages)[-1] if messages else hashlib.sha256(model.encode()).hexdigest()
+    return prefix_keys(model, messages)[-1]
 
 
 def _canonical_json(text: str) -> str:
@@ -1200,14 +1201,13 @@ class SessionStore:
         temporary.chmod(0o600)
         temporary.replace(self.path)
 
-    def find(self, model: str, messages: list[ChatMessage]) -> tuple[str, int] | None:
+    def find(self, messages: list[ChatMessage], keys: list[str]) -> tuple[str, int] | None:
         """The key of the longest known conversation the request continues with new user turns, and where those
-        turns start."""
-        keys = prefix_keys(model, messages)
+        turns start (`keys` are the messages' prefix_keys)."""
         for i in range(len(messages) - 2, -1, -1):
-            if messages[i].role == "assistant" and keys[i] in self.sessions:
+            if messages[i].role == "assistant" and keys[i + 1] in self.sessions:
                 new_turns = messages[i + 1:]
-                return (keys[i], i + 1) if all(m.role == "user" for m in new_turns) else None
+                return (keys[i + 1], i + 1) if all(m.role == "user" for m in new_turns) else None
         return None
 
     def take(self, key: str) -> Session:
@@ -1362,10 +1362,10 @@ class Runner:
         process.owns_cwd = session.owned
         return process
 
-    def find_conversation(self, model: str, messages: list[ChatMessage]) -> tuple[str, int] | None:
+    def find_conversation(self, messages: list[ChatMessage], keys: list[str]) -> tuple[str, int] | None:
         """The known conversation this request continues (see SessionStore.find), if it can still be resumed:
         Claude Code deletes old transcripts, and a session without one cannot be resumed."""
-        found = self.sessions.find(model, messages) if self.sessions else None
+        found = self.sessions.find(messages, keys) if self.sessions else None
         if self.sessions is None or found is None:
             return None
         session = self.sessions.sessions[found[0]]
@@ -1421,19 +1421,20 @@ class Runner:
             raise
         return run
 
-    async def resume(self, model: str, messages: list[ChatMessage], deadline: float) -> Run | None:
+    async def resume(self, messages: list[ChatMessage], keys: list[str], deadline: float) -> Run | None:
         """The parked run this request continues with its tool results, resumed; None when there is none.
 
-        The request must answer every call the run waits for, after exactly the conversation that led to them;
-        a parked run whose calls the conversation left unanswered (the client moved on) is ended.
+        The request must answer every call the run waits for, after exactly the conversation that led to them
+        (`keys` are the messages' prefix_keys); a parked run whose calls the conversation left unanswered (the
+        client moved on) is ended.
         """
         results = trailing_tool_results(messages)
         await self._end_superseded(messages, results)
         run = self.parked.get(next(iter(results), ""))
         if run is None:
             return None
-        history = messages[: len(messages) - len(results) - 1]
-        if set(run.awaiting) != set(results) or conversation_key(model, history) != run.key:
+        history_length = len(messages) - len(results) - 1
+        if set(run.awaiting) != set(results) or history_length < 0 or keys[history_length] != run.key:
             await self._end_parked(run)
             return None
         self._unpark(run)
@@ -1442,7 +1443,7 @@ class Runner:
         except BaseException:
             self._park(run)
             raise
-        run.resume(results, deadline, conversation_key(model, messages))
+        run.resume(results, deadline, keys[-1])
         return run
 
     async def _end_superseded(self, messages: list[ChatMessage], results: dict[str, str]) -> None:
@@ -1935,29 +1936,29 @@ async def mcp_endpoint(secret: str, request: Request) -> Response:
     return JSONResponse(reply) if reply is not None else Response(status_code=202)
 
 
-async def prompt_content(messages: list[ChatMessage], settings: Settings) -> tuple[str | None, list[dict[str, Any]]]:
-    """The system prompt and the user turn's content blocks (text, then the images) for `messages`."""
-    prompt = build_prompt(messages, settings.system_prompt_mode)
+async def user_content(text: str, messages: list[ChatMessage], settings: Settings) -> list[dict[str, Any]]:
+    """The user turn's content blocks: the prompt text, then the images of `messages`."""
     images = [await fetch_image(url, where, settings) for url, where in image_urls(messages)]
-    return prompt.system, [{"type": "text", "text": prompt.text}, *images]
+    return [{"type": "text", "text": text}, *images]
 
 
 async def start_run(req: ChatRequest, settings: Settings, runner: Runner, deadline: float) -> Run:
     """Continue the parked run this request brings tool results for, or the session of the conversation it
-    continues, or start a new run."""
+    continues, or start a new run. Images are read only for the turns actually sent."""
     model = resolve_model(req.model, settings)
     tools = bridge_tools(req)
-    system, content = await prompt_content(req.messages, settings)
-    if tools and (run := await runner.resume(req.model, req.messages, deadline)):
+    prompt = build_prompt(req.messages, settings.system_prompt_mode)
+    keys = prefix_keys(req.model, req.messages)
+    if tools and (run := await runner.resume(req.messages, keys, deadline)):
         return run
-    system = "\n\n".join(x for x in (system, tool_choice_instruction(req)) if x) or None
+    system = "\n\n".join(x for x in (prompt.system, tool_choice_instruction(req)) if x) or None
     launch = Launch(model=model, system_prompt=system, cwd=settings.cwd or None, tools=tools,
                     persist=settings.sessions)
-    key = conversation_key(req.model, req.messages)
-    if found := runner.find_conversation(req.model, req.messages):
-        _, new_turns = await prompt_content(req.messages[found[1]:], settings)
-        return await runner.continue_session(found[0], launch, new_turns, deadline, key)
-    return await runner.start(launch, content, deadline, key)
+    if found := runner.find_conversation(req.messages, keys):
+        new_turns = req.messages[found[1]:]
+        content = await user_content(build_prompt(new_turns, settings.system_prompt_mode).text, new_turns, settings)
+        return await runner.continue_session(found[0], launch, content, deadline, keys[-1])
+    return await runner.start(launch, await user_content(prompt.text, req.messages, settings), deadline, keys[-1])
 
 
 def remember_reply(req: ChatRequest, run: Run, builder: CompletionBuilder) -> None:
