@@ -53,6 +53,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
 
 __version__ = "0.1.0"
 logger = logging.getLogger("claude_proxy")
@@ -70,6 +71,12 @@ def setting(env: str, default: Any, help: str, choices: tuple[str, ...] | None =
 class Settings:
     claude_bin: str = setting("CLAUDE_BIN", "", "Claude Code CLI; empty: PATH, then the usual install places")
     host: str = setting("PROXY_HOST", "127.0.0.1", "address to listen on; beyond loopback needs a token")
+    allowed_hosts: str = setting(
+        "PROXY_ALLOWED_HOSTS", "", "comma-separated extra Host names accepted (DNS-rebinding guard); '*' accepts any"
+    )
+    allowed_origins: str = setting(
+        "PROXY_ALLOWED_ORIGINS", "", "comma-separated browser origins allowed to call the API (CORS); default none"
+    )
     port: int = setting("PROXY_PORT", 18880, "port to listen on")
     token: str = setting("CLAUDE_PROXY_TOKEN", "", "bearer token clients must send (Authorization or x-api-key)")
     model_name: str = setting("MODEL_NAME", "claude-code", "model id that means the CLI's own default model")
@@ -300,6 +307,10 @@ class UnsupportedParameter(InvalidRequest):
 
 class Unauthorized(ProxyError):
     status, type, code = 401, "authentication_error", "invalid_api_key"
+
+
+class Forbidden(ProxyError):
+    status, type, code = 403, "permission_error", "forbidden"
 
 
 class NotFound(ProxyError):
@@ -1760,9 +1771,11 @@ async def fetch_image(url: str, where: str, settings: Settings) -> dict[str, Any
 
 async def read_json(request: Request, max_bytes: int) -> Any:
     """The request body as JSON, refusing other content types and bodies over `max_bytes`."""
-    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    # A body without Content-Type is what a web page's no-cors fetch or sendBeacon sends (a CORS "simple" request,
+    # no preflight): reading it as JSON would let any page run commands here.
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/json" and not content_type.endswith("+json"):
-        raise UnsupportedMediaType(f"Expected Content-Type application/json, got '{content_type}'")
+        raise UnsupportedMediaType(f"Expected Content-Type application/json, got '{content_type or 'none'}'")
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > max_bytes:
         raise PayloadTooLarge(f"The request body is larger than PROXY_MAX_BODY_BYTES ({max_bytes} bytes)")
@@ -1775,6 +1788,73 @@ async def read_json(request: Request, max_bytes: int) -> Any:
         return json.loads(body)
     except ValueError as exc:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
+
+
+def error_response(exc: ProxyError) -> JSONResponse:
+    return JSONResponse(error_envelope(exc), status_code=exc.status, headers=error_headers(exc))
+
+
+def host_name(host: str) -> str:
+    """The name in a Host header, lower-cased, without its port or IPv6 brackets."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def accepted_hosts(settings: Settings, local_addresses: frozenset[str]) -> frozenset[str] | None:
+    """The Host names this proxy answers to (None: any): loopback, the listen address (every local address when
+    it listens on all of them) and PROXY_ALLOWED_HOSTS."""
+    extra = {name.strip().lower() for name in settings.allowed_hosts.split(",") if name.strip()}
+    if "*" in extra:
+        return None
+    listen = local_addresses if settings.host in ("", "0.0.0.0", "::") else {settings.host.lower()}
+    return frozenset({"localhost", *listen, *extra})
+
+
+def local_addresses() -> frozenset[str]:
+    return frozenset(a.address.split("%")[0].lower() for addrs in psutil.net_if_addrs().values() for a in addrs)
+
+
+def browser_refusal(headers: Mapping[str, str], method: str, hosts: frozenset[str] | None,
+                    origins: frozenset[str]) -> ProxyError | None:
+    """Why a request must be refused as coming from a web page, or None.
+
+    With permissions skipped, a request that reaches Claude Code is a shell command: a page in the user's browser
+    must not get one in, neither cross-origin (Origin, Sec-Fetch-Site) nor by rebinding its own name to 127.0.0.1
+    (Host)."""
+    host = headers.get("host", "")
+    name = host_name(host)
+    if hosts is not None and name not in hosts and not is_loopback(name):
+        return Forbidden(f"Host '{host[:100]}' is not this proxy; add it to PROXY_ALLOWED_HOSTS to accept it")
+    origin = headers.get("origin")
+    if origin is not None:
+        if origin in origins or origin in (f"http://{host}", f"https://{host}"):
+            return None
+        return Forbidden(f"Requests from web pages are refused (Origin '{origin[:100]}'); "
+                         "list the page's origin in PROXY_ALLOWED_ORIGINS to allow it")
+    navigation = method == "GET" and headers.get("sec-fetch-mode") == "navigate"
+    if headers.get("sec-fetch-site") in ("cross-site", "same-site") and not navigation:
+        return Forbidden("Requests from other web sites are refused; list the origin in PROXY_ALLOWED_ORIGINS")
+    return None
+
+
+class BrowserGuard:
+    """ASGI middleware refusing web pages (see browser_refusal) on every route, before anything else runs."""
+
+    def __init__(self, app: Any, settings: Settings) -> None:
+        self.app = app
+        self.hosts = accepted_hosts(settings, local_addresses())
+        self.origins = frozenset(o.strip() for o in settings.allowed_origins.split(",") if o.strip())
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            if refusal := browser_refusal(headers, scope["method"], self.hosts, self.origins):
+                logger.warning("refused %s %s: %s", scope["method"], scope["path"][:200], refusal.message)
+                await error_response(refusal)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def parse_chat_request(body: Any) -> ChatRequest:
@@ -1794,10 +1874,6 @@ def check_token(request: Request, token: str) -> None:
     offered = bearer[7:].strip() if bearer[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
     if not hmac.compare_digest(offered.encode(), token.encode()):
         raise Unauthorized("Missing or invalid API key: send 'Authorization: Bearer <CLAUDE_PROXY_TOKEN>'")
-
-
-def error_response(exc: ProxyError) -> JSONResponse:
-    return JSONResponse(error_envelope(exc), status_code=exc.status, headers=error_headers(exc))
 
 
 async def wait_for_disconnect(request: Request) -> None:
@@ -2036,6 +2112,9 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     app = FastAPI(title="claude-code-openai-proxy", version=__version__, lifespan=lifespan,
                   docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings, app.state.runner = settings, runner
+    if origins := [o.strip() for o in settings.allowed_origins.split(",") if o.strip()]:
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"], allow_headers=["*"])
+    app.add_middleware(BrowserGuard, settings=settings)
     app.add_exception_handler(ProxyError, on_proxy_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
