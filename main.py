@@ -1228,10 +1228,13 @@ class SessionStore:
 
     def keep(self, key: str, session: Session) -> tuple[list[ClaudeProcess], list[str]]:
         """Remember a conversation. Returns what to remove: the processes beyond max_live and, beyond MAX_SESSIONS
-        conversations, the folders of the oldest (least recently used first)."""
+        conversations, the folders of the oldest (least recently used first). A conversation already known under
+        `key` (the same messages answered the same way again) is replaced: its process and folder go too."""
+        processes, folders = self._drop([key] if key in self.sessions else [])
         self.sessions[key] = session
         by_age = sorted(self.sessions.items(), key=lambda item: item[1].updated)
-        processes, folders = self._drop([k for k, _ in by_age[: max(0, len(by_age) - MAX_SESSIONS)]])
+        older, old_folders = self._drop([k for k, _ in by_age[: max(0, len(by_age) - MAX_SESSIONS)]])
+        processes, folders = processes + older, folders + old_folders
         live = [s for k, s in by_age if s.process is not None and k in self.sessions]
         for old in live[: max(0, len(live) - self.max_live)]:
             assert old.process is not None

@@ -163,3 +163,25 @@ def test_a_continuation_refused_for_overload_can_be_retried(make_proxy, fake_api
     assert chat(proxy, history) == "BETA"
     assert kept in cli_processes(proxy)
     assert [role for role, _ in turn_texts(fake_api.main_requests()[-1])] == ["user", "assistant", "user"]
+
+
+def test_a_key_known_again_replaces_its_session_and_retires_the_old_one(tmp_path) -> None:
+    import main
+
+    store = main.SessionStore(tmp_path / "sessions.json", max_live=4, ttl=100)
+    first, second = object(), object()
+    assert store.keep("same", main.Session("s1", "/d1", True, 1.0, first)) == ([], [])
+    assert store.keep("same", main.Session("s2", "/d2", True, 2.0, second)) == ([first], ["/d1"])
+    assert store.sessions["same"].session_id == "s2"
+
+
+def test_identical_conversations_never_exceed_the_live_limit(make_proxy, tmp_path) -> None:
+    """Health checks and title prompts repeat the same messages; each answer replaces the last, nothing leaks."""
+    proxy = make_proxy(claude_sessions=1, claude_max_live_sessions=2)
+    for _ in range(5):
+        assert chat(proxy, [{"role": "user", "content": "[[reply:OK]] reply OK"}]) == "OK"
+        assert len(cli_processes(proxy)) <= 2
+    assert wait_until(lambda: len(cli_processes(proxy)) == 1, timeout=10)
+    state = tmp_path / "home/.local/state/claude-code-openai-proxy"
+    assert len(json.loads((state / "sessions.json").read_text())) == 1
+    assert wait_until(lambda: len(list((state / "conversations").iterdir())) == 1, timeout=10)
