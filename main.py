@@ -1,19 +1,33 @@
-"""claude-code-openai-proxy: the Claude Code CLI behind an OpenAI-compatible API.
+"""claude-code-openai-proxy: the Claude Code CLI behind a local API.
 
-OpenAI clients (the openai SDKs, OpenClaw, Continue, LangChain, Cursor) post Chat Completions requests; each request
+API clients (the OpenAI and Anthropic SDKs, OpenClaw, Continue, Cursor, Codex, LangChain) post requests; each one
 becomes an agentic Claude Code run with its own tools:
 
-    OpenAI request -> build_prompt -> claude -p (stream-json on stdin) -> stream-json events -> SSE chunks | completion
+    request -> a door's parser -> Conversation -> Runner.open -> claude -p (stream-json on stdin)
+            -> CLI events -> Interpreter -> answer events -> the door's renderer -> SSE frames | one JSON body
 
 Every run goes through one abstraction, a ClaudeProcess that reads stream-json on stdin and writes it on stdout.
 A one-shot run writes one user message; the same process can also be pre-started (the warm pool), kept for the
 next turn of a conversation (sessions), or held while the client runs the tools Claude called (served to Claude
 Code over MCP by this proxy itself).
 
-Run it with ``./run.sh`` (or ``python main.py --help`` for every setting; each flag has an environment variable).
+Contents, each section using only those above it:
+    1. Configuration     Settings, flags and environment variables, finding the CLI
+    2. Errors            the ProxyError family and its shape per protocol
+    3. Conversation      the protocol-neutral request: turns, tools, keys, the prompt, images
+    4. Claude Code process   argv, environment, stream-json framing, stopping, the MCP tool bridge
+    5. Interpreter       CLI events -> answer events and an Answer (the only reader of stream-json)
+    6. Runs              Run and its states, admission, the warm pool, sessions, parked runs
+    7. Runner            Processes (start/stop) and Runner (routing a conversation, keeping processes)
+    8. HTTP plumbing     guards, one log line per request, bodies, tokens, the stream driver shared by every door
+    9. Chat Completions  the OpenAI door: request models, parser, renderer, handler
+   10. The app           health, models, the MCP bridge, create_app (the routes)
+   11. Entry point       main
+
+Run it with ``./run.sh`` (``./run.sh --help`` lists every setting; each flag has an environment variable).
 It listens on 127.0.0.1:18880 by default. Claude Code runs with permissions skipped unless CLAUDE_PERMISSION_MODE
 says otherwise, so the proxy is a remote shell for whoever can reach it: it refuses to listen beyond loopback
-without CLAUDE_PROXY_TOKEN.
+without CLAUDE_PROXY_TOKEN, and refuses requests from web pages.
 """
 
 from __future__ import annotations
@@ -24,6 +38,8 @@ import base64
 import binascii
 import contextlib
 import dataclasses
+import enum
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -31,18 +47,20 @@ import json
 import logging
 import math
 import os
+import re
 import secrets
 import shutil
 import signal
 import sys
 import tempfile
 import time
+import typing
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import httpx
 import psutil
@@ -57,6 +75,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 __version__ = "0.1.0"
 logger = logging.getLogger("claude_proxy")
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 # ── 1. Configuration ─────────────────────────────────────────────────────
@@ -97,6 +116,11 @@ class Settings:
     max_line_bytes: int = setting("CLAUDE_MAX_LINE_BYTES", 32 << 20, "largest stream-json line read from the CLI")
     max_retries: int = setting("CLAUDE_CODE_MAX_RETRIES", 3, "API retries inside Claude Code (its default is 10)")
     keepalive: float = setting("CLAUDE_KEEPALIVE", 15.0, "seconds of silence before a keep-alive chunk")
+    prime_window: float = setting(
+        "CLAUDE_PRIME_WINDOW", 5.0,
+        "seconds a request waits for the model to start answering before its stream's headers are sent (a failure "
+        "within them gets a real HTTP status)",
+    )
     pool_size: int = setting("CLAUDE_POOL_SIZE", 2, "idle pre-started CLI processes kept warm; 0 disables")
     pool_idle_ttl: float = setting("CLAUDE_POOL_IDLE_TTL", 600.0, "seconds an idle CLI process stays alive")
     tool_wait: float = setting("CLAUDE_TOOL_WAIT", 600.0, "seconds a run waits for the client's tool results")
@@ -136,6 +160,7 @@ STDERR_TAIL_LINES = 40
 STOP_GRACE_S = 2.0
 SYSTEM_PROMPT_FILE_BYTES = 100_000
 MAX_SESSIONS = 1000  # conversations remembered for resuming; the oldest beyond are forgotten
+MAX_MODEL_ID = 256  # characters; a longer "model" is a 400
 
 
 def _parse_bool(text: str) -> bool:
@@ -200,83 +225,8 @@ def find_claude(configured: str) -> str | None:
     return None
 
 
-# ── 2. OpenAI protocol models ────────────────────────────────────────────
-# https://platform.openai.com/docs/api-reference/chat/create
-
-
-class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-
-class ImageURL(_Lenient):
-    url: str
-    detail: str | None = None
-
-
-class ContentPart(_Lenient):
-    type: str
-    text: str | None = None
-    image_url: ImageURL | None = None
-
-
-class FunctionCall(_Lenient):
-    name: str
-    arguments: str = ""
-
-
-class ToolCall(_Lenient):
-    id: str
-    type: str = "function"
-    function: FunctionCall
-
-
-class ChatMessage(_Lenient):
-    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[ContentPart] | None = None
-    name: str | None = None
-    tool_calls: list[ToolCall] | None = None
-    tool_call_id: str | None = None
-
-
-class FunctionDef(_Lenient):
-    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
-    description: str | None = None
-    parameters: dict[str, Any] | None = None
-
-
-class ToolDef(_Lenient):
-    type: str = "function"
-    function: FunctionDef | None = None
-
-
-class StreamOptions(_Lenient):
-    include_usage: bool = False
-
-
-class ChatRequest(_Lenient):
-    model: str
-    messages: list[ChatMessage] = Field(min_length=1)
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    tools: list[ToolDef] | None = None
-    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
-    n: int | None = None
-    logprobs: bool | None = None
-    top_logprobs: int | None = None
-    # Accepted and ignored: Claude Code has no knob for them.
-    temperature: float | None = None
-    top_p: float | None = None
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
-
-
-IGNORED_HINTS = (
-    "temperature", "top_p", "seed", "user", "store", "metadata", "max_tokens", "max_completion_tokens",
-    "reasoning_effort", "parallel_tool_calls", "prompt_cache_key", "frequency_penalty", "presence_penalty", "stop",
-)
-
-
-# ── 3. Errors ────────────────────────────────────────────────────────────
+# ── 2. Errors ────────────────────────────────────────────────────────────
+# One family of errors; each protocol renders it in its own shape (error_body), and only there.
 
 
 class ProxyError(Exception):
@@ -365,6 +315,32 @@ class RunTimeout(ProxyError):
     status, type, code = 504, "timeout_error", "timeout"
 
 
+Door = Literal["openai", "responses", "anthropic"]
+ANTHROPIC_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                         404: "not_found_error", 413: "request_too_large", 415: "invalid_request_error",
+                         429: "rate_limit_error", 503: "overloaded_error", 529: "overloaded_error"}
+
+
+def door_of(path: str) -> Door:
+    """The API door a path belongs to, whose error shape its caller reads."""
+    if path.startswith(("/v1/messages", "/messages")):
+        return "anthropic"
+    return "responses" if path.startswith(("/v1/responses", "/responses")) else "openai"
+
+
+def error_body(exc: ProxyError, door: Door) -> dict[str, Any]:
+    """The error as the caller's protocol shapes it."""
+    if door == "anthropic":
+        kind = ANTHROPIC_ERROR_TYPES.get(exc.status, "api_error")
+        return {"type": "error", "error": {"type": kind, "message": exc.message}}
+    body = error_envelope(exc)
+    if door == "responses" and exc.status == 429:
+        # Codex reads the delay from "try again in N s" in the message, and retries only rate_limit_exceeded.
+        wait = f" Please try again in {math.ceil(exc.retry_after)}s." if exc.retry_after else ""
+        body["error"].update(code="rate_limit_exceeded", message=exc.message + wait)
+    return body
+
+
 def error_envelope(exc: ProxyError) -> dict[str, Any]:
     """The one OpenAI error body: {"error": {"message", "type", "param", "code"}}."""
     return {"error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}}
@@ -386,7 +362,68 @@ def validation_error(exc: ValidationError | RequestValidationError) -> InvalidRe
     return InvalidRequest(f"Invalid request: {first.get('msg', 'invalid value')} at '{param}'", param=param)
 
 
-# ── 4. Prompt building ───────────────────────────────────────────────────
+# ── 3. Conversation: the protocol-neutral request ───────────────────────
+# Every API door parses its body into one Conversation; nothing below this section knows which door it came from.
+
+
+@dataclass(frozen=True)
+class ToolCallItem:
+    """A call of one of the client's tools, as an assistant turn carries it."""
+
+    id: str
+    name: str
+    arguments: str  # JSON text
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One message: system/developer text, a user or assistant turn, or a tool result (role "tool").
+
+    `text` marks each image with "[image]"; `images` holds (url, where) for each, data: or http(s) URLs."""
+
+    role: str
+    text: str = ""
+    images: tuple[tuple[str, str], ...] = ()
+    calls: tuple[ToolCallItem, ...] = ()
+    call_id: str | None = None
+    is_error: bool = False
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """What any protocol asks of Claude Code: the turns so far, the client's tools, the model.
+
+    `model` is the id the client asked for (echoed back, and part of every conversation key); `cli_model` the
+    --model value (None: the CLI's default). `tools` are MCP tool definitions (canonical JSON, hashable)."""
+
+    model: str
+    cli_model: str | None
+    turns: tuple[Turn, ...]
+    tools: tuple[str, ...] = ()
+    tool_instruction: str | None = None
+
+    @functools.cached_property
+    def keys(self) -> list[str]:
+        """The conversation key of every prefix: keys[n] covers turns[:n]."""
+        return prefix_keys(self.model, self.turns)
+
+    @property
+    def system(self) -> str | None:
+        """The system and developer turns joined, or None when there are none."""
+        joined = "\n\n".join(t.text for t in self.turns if t.role in SYSTEM_ROLES and t.text)
+        return joined or None
+
+    def tool_results(self) -> dict[str, Turn]:
+        """The tool results that end the conversation, by call id."""
+        results: dict[str, Turn] = {}
+        for turn in reversed(self.turns):
+            if turn.role != "tool" or not turn.call_id:
+                break
+            results[turn.call_id] = turn
+        return results
+
+
+SYSTEM_ROLES = ("system", "developer")
 
 
 @dataclass(frozen=True)
@@ -395,22 +432,106 @@ class Prompt:
     text: str
 
 
-def part_text(part: ContentPart, where: str) -> str:
-    """The text of one content part ("[image]" marks where an image was); other kinds are refused, naming them."""
-    if part.type in ("text", "input_text") and part.text is not None:
-        return part.text
-    if part.type == "image_url" and part.image_url is not None:
-        return "[image]"
-    raise InvalidRequest(f"Unsupported content part type '{part.type}' in {where}", param=where)
+def render_turn(turn: Turn) -> str:
+    """One conversation turn in the transcript format of build_prompt."""
+    if turn.role == "assistant":
+        calls = [f'<tool_call id="{c.id}" name="{c.name}">{c.arguments or "{}"}</tool_call>' for c in turn.calls]
+        return "<assistant>\n" + "\n".join(x for x in (turn.text, *calls) if x) + "\n</assistant>"
+    if turn.role == "tool":
+        error = ' is_error="true"' if turn.is_error else ""
+        return f'<tool_result tool_call_id="{turn.call_id or ""}"{error}>\n{turn.text}\n</tool_result>'
+    return f"<user>\n{turn.text}\n</user>"
 
 
-def image_urls(messages: list[ChatMessage]) -> list[tuple[str, str]]:
-    """The (url, where) of every image part in user turns, in order."""
-    return [
-        (part.image_url.url, f"messages[{i}].content[{j}]")
-        for i, message in enumerate(messages) if message.role == "user" and isinstance(message.content, list)
-        for j, part in enumerate(message.content) if part.type == "image_url" and part.image_url is not None
-    ]
+def build_prompt(turns: Sequence[Turn], system_mode: str) -> Prompt:
+    """Merge a conversation into a system prompt and one user prompt for Claude Code.
+
+    A conversation that is one user turn is sent as its text. Longer ones become a transcript:
+
+        <conversation>
+        <user>…</user>
+        <assistant>…<tool_call id="…" name="…">{json}</tool_call></assistant>
+        <tool_result tool_call_id="…">…</tool_result>
+        </conversation>
+
+        <the final user turn(s), verbatim>
+
+    When the conversation does not end with a user turn, the transcript holds everything and a short request to
+    continue follows. In "inline" mode the system text leads the prompt inside <instructions> tags.
+    """
+    system = "\n\n".join(t.text for t in turns if t.role in SYSTEM_ROLES and t.text) or None
+    rest = [t for t in turns if t.role not in SYSTEM_ROLES]
+    if not any(t.role == "user" for t in rest):
+        raise InvalidRequest("The conversation has no user message", param="messages")
+    split = len(rest)
+    while split > 0 and rest[split - 1].role == "user":
+        split -= 1
+    final = "\n\n".join(t.text for t in rest[split:])
+    if split > 0:
+        history = "\n".join(render_turn(t) for t in rest[:split])
+        tail = final or "Continue the conversation above from where it ends."
+        final = f"<conversation>\n{history}\n</conversation>\n\n{tail}"
+    if system is not None and system_mode == "inline":
+        return Prompt(None, f"<instructions>\n{system}\n</instructions>\n\n{final}")
+    return Prompt(system, final)
+
+
+def prefix_keys(model: str, turns: Sequence[Turn]) -> list[str]:
+    """The conversation key of every prefix, in one pass: keys[n] covers turns[:n].
+
+    A key digests a conversation's meaning (model, roles, texts, tool calls, images), blind to formatting clients
+    change when they send the history back (content as parts, JSON spacing)."""
+    digest = hashlib.sha256(model.encode())
+    keys = [digest.hexdigest()]
+    for turn in turns:
+        calls = [(c.id, c.name, _canonical_json(c.arguments)) for c in turn.calls]
+        images = [hashlib.sha256(url.encode()).hexdigest() for url, _ in turn.images]
+        canonical = [turn.role, turn.text, calls, turn.call_id, images]
+        digest.update(json.dumps(canonical, sort_keys=True).encode())
+        keys.append(digest.hexdigest())
+    return keys
+
+
+def _canonical_json(text: str) -> str:
+    try:
+        return json.dumps(json.loads(text or "{}"), sort_keys=True)
+    except ValueError:
+        return text
+
+
+CLAUDE_MODEL_ID = re.compile(r"claude-(?:[a-z]+-)*\d[\w.\-]*(?:\[1m\])?")
+
+
+def resolve_model(requested: str, settings: Settings) -> str | None:
+    """The --model value for a requested id (None: the CLI's default): an alias or an id that names a Claude model
+    (claude-<family>-<version>…); anything else, the old default id included, raises ModelNotFound."""
+    if requested == settings.model_name:
+        return None
+    if requested in MODEL_ALIASES or CLAUDE_MODEL_ID.fullmatch(requested):
+        return requested
+    valid = ", ".join((settings.model_name, *MODEL_ALIASES, "claude-<model>-<version>"))
+    raise ModelNotFound(f"The model '{requested[:200]}' does not exist. Valid ids: {valid}", param="model")
+
+
+def mcp_tool(name: str, description: str | None, parameters: dict[str, Any] | None) -> str:
+    """A client tool as an MCP tool definition (canonical JSON)."""
+    schema = {"type": "object", "properties": {}, **(parameters or {})}
+    return json.dumps({"name": name, "description": description or "", "inputSchema": schema}, sort_keys=True)
+
+
+def tool_instruction(choice: str | None, names: Sequence[str], where: str) -> str | None:
+    """What a required or named tool choice asks of Claude, as a system instruction (best effort): "required"
+    or a tool name; "auto", "none" and None ask nothing."""
+    if choice in (None, "auto", "none"):
+        return None
+    if choice == "required":
+        return "Answer by calling one or more of the available tools."
+    if choice not in names:
+        raise InvalidRequest(f"tool_choice names '{choice}', which is not in tools", param=where)
+    return f"Answer by calling the tool {choice}."
+
+
+# Images: data: URLs are decoded; http(s) URLs are fetched only when CLAUDE_FETCH_IMAGES allows it.
 
 
 def image_block(media_type: str, data: bytes, max_bytes: int, where: str) -> dict[str, Any]:
@@ -436,174 +557,37 @@ def data_url_image(url: str, max_bytes: int, where: str) -> dict[str, Any]:
     return image_block(header[5:-7], data, max_bytes, where)
 
 
-def content_text(content: str | list[ContentPart] | None, where: str) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    return "".join(part_text(part, f"{where}.content[{i}]") for i, part in enumerate(content))
-
-
-def system_text(messages: list[ChatMessage]) -> str | None:
-    """The system and developer messages joined, or None when there are none."""
-    texts = [
-        content_text(m.content, f"messages[{i}]")
-        for i, m in enumerate(messages)
-        if m.role in ("system", "developer")
-    ]
-    joined = "\n\n".join(t for t in texts if t)
-    return joined or None
-
-
-def render_turn(message: ChatMessage, where: str) -> str:
-    """One conversation turn in the transcript format of build_prompt."""
-    text = content_text(message.content, where)
-    if message.role == "assistant":
-        calls = [
-            f'<tool_call id="{c.id}" name="{c.function.name}">{c.function.arguments or "{}"}</tool_call>'
-            for c in message.tool_calls or []
-        ]
-        return "<assistant>\n" + "\n".join(x for x in (text, *calls) if x) + "\n</assistant>"
-    if message.role in ("tool", "function"):
-        ref = message.tool_call_id or message.name or ""
-        return f'<tool_result tool_call_id="{ref}">\n{text}\n</tool_result>'
-    return f"<user>\n{text}\n</user>"
-
-
-def build_prompt(messages: list[ChatMessage], system_mode: str) -> Prompt:
-    """Merge an OpenAI conversation into a system prompt and one user prompt for Claude Code.
-
-    A conversation that is one user turn is sent as its text. Longer ones become a transcript:
-
-        <conversation>
-        <user>…</user>
-        <assistant>…<tool_call id="…" name="…">{json}</tool_call></assistant>
-        <tool_result tool_call_id="…">…</tool_result>
-        </conversation>
-
-        <the final user turn(s), verbatim>
-
-    When the conversation does not end with a user turn, the transcript holds everything and a short request to
-    continue follows. In "inline" mode the system text leads the prompt inside <instructions> tags.
-    """
-    system = system_text(messages)
-    turns = [(i, m) for i, m in enumerate(messages) if m.role not in ("system", "developer")]
-    if not any(m.role == "user" for _, m in turns):
-        raise InvalidRequest("The conversation has no user message", param="messages")
-    split = len(turns)
-    while split > 0 and turns[split - 1][1].role == "user":
-        split -= 1
-    final = "\n\n".join(content_text(m.content, f"messages[{i}]") for i, m in turns[split:])
-    if split > 0:
-        history = "\n".join(render_turn(m, f"messages[{i}]") for i, m in turns[:split])
-        tail = final or "Continue the conversation above from where it ends."
-        final = f"<conversation>\n{history}\n</conversation>\n\n{tail}"
-    if system is not None and system_mode == "inline":
-        return Prompt(None, f"<instructions>\n{system}\n</instructions>\n\n{final}")
-    return Prompt(system, final)
-
-
-def resolve_model(requested: str, settings: Settings) -> str | None:
-    """The --model value for a requested id (None: the CLI's default); unknown ids raise ModelNotFound."""
-    if requested == settings.model_name:
-        return None
-    if requested in MODEL_ALIASES or requested.startswith("claude-"):
-        return requested
-    valid = ", ".join((settings.model_name, *MODEL_ALIASES, "claude-*"))
-    raise ModelNotFound(
-        f"The model '{requested}' does not exist. Valid ids: {valid}", param="model"
-    )
-
-
-def check_request(req: ChatRequest) -> list[str]:
-    """Refuse what would silently change meaning; return the hint fields that will be ignored."""
-    if req.n is not None and req.n > 1:
-        raise InvalidRequest("Only n=1 is supported", param="n", code="unsupported_value")
-    if req.logprobs or req.top_logprobs:
-        raise UnsupportedParameter("logprobs are not available from Claude Code", param="logprobs")
-    present = req.model_fields_set | set(req.model_extra or {})
-    return sorted(name for name in present if name in IGNORED_HINTS or name in (req.model_extra or {}))
-
-
-def function_of(tool: ToolDef, where: str) -> FunctionDef:
-    """The function a tool declares, nested as OpenAI sends it or flat as Cursor does."""
-    if tool.type != "function":
-        raise InvalidRequest(f"Unsupported tool type '{tool.type}'; only function tools are supported",
-                             param=f"{where}.type")
-    if tool.function is not None:
-        return tool.function
+async def fetch_image(url: str, where: str, settings: Settings) -> dict[str, Any]:
+    """The image block for an image URL: decoded from a data: URL or, when CLAUDE_FETCH_IMAGES allows it (a proxy
+    that fetches any URL it is given is an SSRF hole), downloaded with a size cap."""
+    if url.startswith("data:"):
+        return data_url_image(url, settings.max_image_bytes, where)
+    if not url.startswith(("http://", "https://")):
+        raise InvalidRequest(f"Unsupported image URL in {where}", param=where)
+    if not settings.fetch_images:
+        raise InvalidRequest(f"Image URLs are not fetched (set CLAUDE_FETCH_IMAGES=1); send a data: URL in {where}",
+                             param=where)
     try:
-        return FunctionDef.model_validate(tool.model_extra or {})
-    except ValidationError as exc:
-        raise InvalidRequest(f"Invalid function tool at {where}", param=where) from exc
+        async with httpx.AsyncClient(timeout=20) as client, client.stream("GET", url) as response:
+            response.raise_for_status()
+            data = bytearray()
+            async for chunk in response.aiter_bytes():
+                data += chunk
+                if len(data) > settings.max_image_bytes:
+                    break
+            media_type = response.headers.get("content-type", "")
+    except httpx.HTTPError as exc:
+        raise InvalidRequest(f"Could not fetch the image in {where}: {exc}", param=where) from None
+    return image_block(media_type, bytes(data), settings.max_image_bytes, where)
 
 
-def bridge_tools(req: ChatRequest) -> tuple[str, ...]:
-    """The request's tools as MCP tool definitions (canonical JSON, hashable), or () when none are exposed."""
-    if not req.tools or req.tool_choice == "none":
-        return ()
-    definitions = []
-    for i, tool in enumerate(req.tools):
-        function = function_of(tool, f"tools[{i}]")
-        schema = {"type": "object", "properties": {}, **(function.parameters or {})}
-        definitions.append(json.dumps({"name": function.name, "description": function.description or "",
-                                       "inputSchema": schema}, sort_keys=True))
-    return tuple(definitions)
+async def user_content(text: str, turns: Sequence[Turn], settings: Settings) -> list[dict[str, Any]]:
+    """The content of the user message sent to Claude Code: the prompt text, then the images of `turns`."""
+    places = [place for turn in turns if turn.role == "user" for place in turn.images]
+    return [{"type": "text", "text": text}, *[await fetch_image(url, where, settings) for url, where in places]]
 
 
-def tool_choice_instruction(req: ChatRequest) -> str | None:
-    """What tool_choice "required" or a named function asks of Claude, as a system instruction (best effort)."""
-    choice = req.tool_choice
-    if choice == "required":
-        return "Answer by calling one or more of the available tools."
-    if isinstance(choice, dict):
-        name = (choice.get("function") or {}).get("name")
-        names = [function_of(tool, f"tools[{i}]").name for i, tool in enumerate(req.tools or [])]
-        if name not in names:
-            raise InvalidRequest(f"tool_choice names '{name}', which is not in tools", param="tool_choice")
-        return f"Answer by calling the tool {name}."
-    return None
-
-
-def trailing_tool_results(messages: list[ChatMessage]) -> dict[str, str]:
-    """The tool results that end the conversation, by tool_call_id."""
-    results: dict[str, str] = {}
-    for i in range(len(messages) - 1, -1, -1):
-        message = messages[i]
-        if message.role != "tool" or not message.tool_call_id:
-            break
-        results[message.tool_call_id] = content_text(message.content, f"messages[{i}]")
-    return results
-
-
-def prefix_keys(model: str, messages: list[ChatMessage]) -> list[str]:
-    """The conversation key of every prefix, in one pass: keys[n] covers messages[:n].
-
-    A key digests a conversation's meaning (model, roles, texts, tool calls), blind to formatting clients change
-    when they send the history back (content as parts, JSON spacing)."""
-    digest = hashlib.sha256(model.encode())
-    keys = [digest.hexdigest()]
-    for i, message in enumerate(messages):
-        calls = [(c.id, c.function.name, _canonical_json(c.function.arguments)) for c in message.tool_calls or []]
-        images = [hashlib.sha256(url.encode()).hexdigest() for url, _ in image_urls([message])]
-        canonical = [message.role, content_text(message.content, f"messages[{i}]"), calls, message.tool_call_id, images]
-        digest.update(json.dumps(canonical, sort_keys=True).encode())
-        keys.append(digest.hexdigest())
-    return keys
-
-
-def conversation_key(model: str, messages: list[ChatMessage]) -> str:
-    return prefix_keys(model, messages)[-1]
-
-
-def _canonical_json(text: str) -> str:
-    try:
-        return json.dumps(json.loads(text or "{}"), sort_keys=True)
-    except ValueError:
-        return text
-
-
-# ── 5. Claude Code runner ────────────────────────────────────────────────
+# ── 4. Claude Code process: argv, environment, stream-json, the tool bridge ─
 
 
 @dataclass(frozen=True)
@@ -880,10 +864,10 @@ class ToolBridge:
             self._results[tool_use_id] = asyncio.get_running_loop().create_future()
         return self._results[tool_use_id]
 
-    def deliver(self, tool_use_id: str, text: str) -> None:
+    def deliver(self, tool_use_id: str, text: str, is_error: bool = False) -> None:
         future = self._future(tool_use_id)
         if not future.done():
-            future.set_result({"content": [{"type": "text", "text": text}], "isError": False})
+            future.set_result({"content": [{"type": "text", "text": text}], "isError": is_error})
 
     async def call(self, tool_use_id: str) -> dict[str, Any]:
         return await asyncio.shield(self._future(tool_use_id))
@@ -923,25 +907,8 @@ def _jsonrpc_error(request_id: Any, code: int, message: str) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}
 
 
-class Admission:
-    """At most `running` runs at once and `waiting` in line; beyond that, Overloaded."""
-
-    def __init__(self, running: int, waiting: int) -> None:
-        self._slots = asyncio.Semaphore(running)
-        self._waiting = 0
-        self._max_waiting = waiting
-
-    async def acquire(self) -> None:
-        if self._slots.locked() and self._waiting >= self._max_waiting:
-            raise Overloaded("Too many requests in flight; try again shortly", retry_after=5)
-        self._waiting += 1
-        try:
-            await self._slots.acquire()
-        finally:
-            self._waiting -= 1
-
-    def release(self) -> None:
-        self._slots.release()
+# ── 5. Interpreter: CLI events into a neutral answer ─────────────────────
+# The only place that knows stream-json: stop reasons, results, top-level vs sub-agent events, the MCP prefix.
 
 
 def result_error(result: dict[str, Any], retry_delay_s: float | None, used_tools: bool) -> ProxyError:
@@ -970,33 +937,328 @@ def upstream_auth_error(detail: str) -> UpstreamAuthError:
     )
 
 
-class Run:
-    """A Claude Code process at work for a request: its events, checked, until the result or the deadline.
+TOOL_INPUT_KEYS = ("command", "file_path", "path", "pattern", "url", "query", "description", "prompt")
+INPUT_TOKEN_FIELDS = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
 
-    A run that stops to wait for the client's tools (`awaiting`) outlives its request: it is parked, and the request
-    carrying the tool results resumes it.
-    """
 
-    def __init__(self, process: ClaudeProcess, deadline: float, release: Callable[[Run], Awaitable[None]],
-                 key: str = "") -> None:
-        self.process = process
-        self.deadline = deadline
-        self.key = key
-        self.done = False
-        self.used_tools = False
-        self.stop_reason: str | None = None
-        self.awaiting: tuple[str, ...] = ()
+def tool_summary(name: str, tool_input: dict[str, Any]) -> str:
+    """A one-line description of a tool call, e.g. "Bash: ls -la"."""
+    value = next((tool_input[k] for k in TOOL_INPUT_KEYS if isinstance(tool_input.get(k), str)), None)
+    text = value.strip().splitlines()[0] if value and value.strip() else json.dumps(tool_input, ensure_ascii=False)
+    return f"{name}: {text[:160]}"
+
+
+def tool_outcome(name: str, block: dict[str, Any]) -> str:
+    """A short outcome of a tool call, e.g. "exit 0, 12 lines" or "failed: No such file"."""
+    content = block.get("content")
+    if isinstance(content, list):
+        content = "\n".join(part.get("text", "") for part in content if isinstance(part, dict))
+    text = str(content or "").strip()
+    if block.get("is_error"):
+        return f"failed: {text.splitlines()[0][:160] if text else 'error'}"
+    lines = len(text.splitlines())
+    return ("exit 0, " if name == "Bash" else "") + f"{lines} line{'' if lines == 1 else 's'}"
+
+
+BlockKind = Literal["text", "reasoning", "tool_call"]
+Finish = Literal["stop", "length", "tool_calls"]
+
+
+@dataclass
+class Block:
+    """One part of an answer: text, reasoning (thinking, or Claude Code's tool activity), or a client tool call."""
+
+    kind: BlockKind
+    text: str = ""  # the text, the reasoning, or a tool call's JSON arguments
+    call_id: str = ""
+    name: str = ""
+    signature: str = ""
+
+
+@dataclass
+class Answer:
+    """Everything one request's answer holds so far: blocks, token counts, cost, and why it ended."""
+
+    blocks: list[Block] = field(default_factory=list)
+    tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys((*INPUT_TOKEN_FIELDS, "output_tokens"), 0))
+    cost: float | None = None
+    finish: Finish = "stop"
+
+    def of_kind(self, kind: BlockKind) -> list[Block]:
+        return [block for block in self.blocks if block.kind == kind]
+
+    @property
+    def text(self) -> str:
+        """The text blocks, a blank line between two (as one message's content)."""
+        return "\n\n".join(block.text for block in self.of_kind("text"))
+
+
+@dataclass(frozen=True)
+class Started:
+    """Block `index` of the answer began (its kind, call id and name are set)."""
+
+    index: int
+
+
+@dataclass(frozen=True)
+class Delta:
+    """More of block `index`: text, reasoning or argument JSON; or, with `signature`, a thinking block's signature."""
+
+    index: int
+    text: str
+    signature: bool = False
+
+
+@dataclass(frozen=True)
+class Ended:
+    index: int
+
+
+AnswerEvent = Started | Delta | Ended
+
+
+class Interpreter:
+    """Reads a run's CLI events (one request's worth at a time) into answer events and an Answer.
+
+    Only top-level turns count (sub-agents' events carry a parent_tool_use_id). Calls of the client's tools
+    (MCP_PREFIX) become tool_call blocks; a message that stops for them sets `awaiting`. Raises the ProxyError a
+    failed run stands for."""
+
+    def __init__(self, show_activity: bool = False) -> None:
+        self.show_activity = show_activity
+        self.answer = Answer()
         self.session_id: str | None = None
-        self.keepable = False  # whether the process may be kept for the conversation's next turn (sessions on)
-        self.reply_key: str | None = None  # the conversation's key once the client has the whole reply
-        self._message_tools: list[str] = []
-        self._release = release
-        self._backlog: deque[dict[str, Any]] = deque()
+        self.done = False  # the result event was read
+        self.used_tools = False  # a tool ran (retrying the run could repeat its effects)
+        self.awaiting: tuple[str, ...] = ()  # client tool calls the run now waits for
+        self._stop_reason: str | None = None
         self._retry_delay_s: float | None = None
+        self._blocks: dict[int, int] = {}  # the API message's content block index -> index in answer.blocks
+        self._own_tools: dict[str, str] = {}  # tool_use id -> name, for Claude Code's own tools
+
+    def next_answer(self) -> None:
+        """Start the answer to the next request (a run continued with tool results)."""
+        self.answer, self.awaiting = Answer(), ()
+
+    def feed(self, event: dict[str, Any]) -> list[AnswerEvent]:
+        """The answer events one CLI event yields (often none)."""
+        self.session_id = event.get("session_id") or self.session_id
+        top_level = event.get("parent_tool_use_id") is None
+        match event.get("type"):
+            case "system" if event.get("subtype") == "api_retry":
+                self._retrying(event)
+            case "stream_event" if top_level:
+                return self._stream_event(event.get("event") or {})
+            case "assistant" | "user":
+                return self._activity(event, top_level)
+            case "result":
+                self._result(event)
+        return []
+
+    def _retrying(self, event: dict[str, Any]) -> None:
+        self._retry_delay_s = (event.get("retry_delay_ms") or 0) / 1000 or None
+        if event.get("error_status") in (401, 403):
+            # The CLI would retry a bad credential for minutes; it will not get better.
+            raise upstream_auth_error(f"the Anthropic API answered {event['error_status']}")
+
+    def _result(self, result: dict[str, Any]) -> None:
+        self.done = True
+        self.answer.cost = result.get("total_cost_usd")
+        # Cut short is not an error: max turns, or max tokens after the CLI's own attempts to continue.
+        ran_out = result.get("subtype") == "error_max_turns" or (
+            self._stop_reason == "max_tokens" and result.get("api_error_status") is None)
+        if ran_out:
+            self.answer.finish = "length"
+        elif result.get("is_error"):
+            raise result_error(result, self._retry_delay_s, self.used_tools)
+
+    def _stream_event(self, raw: dict[str, Any]) -> list[AnswerEvent]:
+        index = raw.get("index", 0)
+        match raw.get("type"):
+            case "message_start":
+                self._blocks = {}
+                usage = (raw.get("message") or {}).get("usage") or {}
+                for name in INPUT_TOKEN_FIELDS:
+                    self.answer.tokens[name] += int(usage.get(name) or 0)
+            case "content_block_start":
+                return self._start(index, raw.get("content_block") or {})
+            case "content_block_delta":
+                return self._delta(index, raw.get("delta") or {})
+            case "content_block_stop" if index in self._blocks:
+                return self._end(self._blocks[index])
+            case "message_delta":
+                self.answer.tokens["output_tokens"] += int((raw.get("usage") or {}).get("output_tokens") or 0)
+                self._stop((raw.get("delta") or {}).get("stop_reason"))
+        return []
+
+    def _start(self, index: int, content: dict[str, Any]) -> list[AnswerEvent]:
+        name = str(content.get("name", ""))
+        match content.get("type"):
+            case "text":
+                block = Block("text")
+            case "thinking":
+                block = Block("reasoning")
+            case "tool_use" if name.startswith(MCP_PREFIX):
+                block = Block("tool_call", call_id=str(content.get("id", "")), name=name[len(MCP_PREFIX):])
+            case _:
+                return []
+        self._blocks[index] = len(self.answer.blocks)
+        self.answer.blocks.append(block)
+        return [Started(self._blocks[index])]
+
+    def _delta(self, block_index: int, delta: dict[str, Any]) -> list[AnswerEvent]:
+        # A text or thinking delta whose block start was not seen (or of another kind) starts its block.
+        implied = {"text_delta": "text", "thinking_delta": "reasoning"}.get(str(delta.get("type")))
+        known = self._blocks.get(block_index)
+        started: list[AnswerEvent] = []
+        if implied and (known is None or self.answer.blocks[known].kind != implied):
+            started = self._start(block_index, {"type": "thinking" if implied == "reasoning" else "text"})
+        elif known is None:
+            return []
+        return [*started, *self._grow(self._blocks[block_index], delta)]
+
+    def _grow(self, index: int, delta: dict[str, Any]) -> list[AnswerEvent]:
+        text = delta.get("text") or delta.get("thinking") or delta.get("partial_json") or ""
+        if delta.get("type") == "signature_delta" and delta.get("signature"):
+            self.answer.blocks[index].signature += delta["signature"]
+            return [Delta(index, delta["signature"], signature=True)]
+        if not text:
+            return []
+        self.answer.blocks[index].text += text
+        return [Delta(index, text)]
+
+    def _end(self, index: int) -> list[AnswerEvent]:
+        block = self.answer.blocks[index]
+        events: list[AnswerEvent] = []
+        if block.kind == "tool_call" and not block.text:
+            block.text = "{}"  # a call without arguments still carries a JSON object
+            events.append(Delta(index, "{}"))
+        return [*events, Ended(index)]
+
+    def _stop(self, stop_reason: str | None) -> None:
+        self._stop_reason = stop_reason
+        calls = tuple(self.answer.blocks[i].call_id for i in self._blocks.values()
+                      if self.answer.blocks[i].kind == "tool_call")
+        if stop_reason == "tool_use" and calls:
+            self.answer.finish, self.awaiting = "tool_calls", calls
+        elif stop_reason == "max_tokens":
+            self.answer.finish = "length"
+        elif stop_reason is not None:
+            self.answer.finish = "stop"
+
+    def _activity(self, event: dict[str, Any], top_level: bool) -> list[AnswerEvent]:
+        """Tool use (noted: retrying could repeat its effects), and with show_activity what Claude Code's own
+        tools are doing at the top level, as a reasoning block: one line per call and per outcome."""
+        lines = []
+        for block in (event.get("message") or {}).get("content") or []:
+            if not isinstance(block, dict):
+                continue
+            if block.get("type") == "tool_use":
+                self.used_tools = True
+                if not str(block.get("name", "")).startswith(MCP_PREFIX):
+                    self._own_tools[block["id"]] = block["name"]
+                    lines.append(f"\n{tool_summary(block['name'], block.get('input') or {})}\n")
+            elif block.get("type") == "tool_result" and (name := self._own_tools.get(block.get("tool_use_id", ""))):
+                lines.append(f"→ {tool_outcome(name, block)}\n")
+        if not lines or not self.show_activity or not top_level:
+            return []
+        index = len(self.answer.blocks)
+        self.answer.blocks.append(Block("reasoning", text="".join(lines)))
+        return [Started(index), Delta(index, "".join(lines)), Ended(index)]
+
+
+# ── 6. Runs: a process at work for a request, and where idle processes wait ─
+
+
+class Background:
+    """Tasks started for later (stopping a process, refilling the pool), each referenced until it ends, so none is
+    garbage-collected half-way and all can be awaited at shutdown."""
+
+    def __init__(self) -> None:
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    def start(self, work: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+
+class Admission:
+    """At most `running` runs at once and `waiting` in line; beyond that, Overloaded. Used as `async with`, or
+    as acquire() / release() when a slot outlives one block (a run holds its slot until it is closed)."""
+
+    def __init__(self, running: int, waiting: int) -> None:
+        self._slots = asyncio.Semaphore(running)
+        self._waiting = 0
+        self._max_waiting = waiting
+
+    async def acquire(self, deadline: float) -> None:
+        if self._slots.locked() and self._waiting >= self._max_waiting:
+            raise Overloaded("Too many requests in flight; try again shortly", retry_after=5)
+        self._waiting += 1
+        try:
+            await asyncio.wait_for(self._slots.acquire(), max(deadline - time.monotonic(), 0))
+        except asyncio.TimeoutError:
+            raise RunTimeout("Timed out waiting for a free Claude Code slot") from None
+        finally:
+            self._waiting -= 1
+
+    def release(self) -> None:
+        self._slots.release()
+
+    @property
+    def queued(self) -> int:
+        return self._waiting
+
+
+class RunState(enum.Enum):
+    RUNNING = "running"  # answering a request
+    AWAITING = "awaiting tool results"  # parked until the client's next request brings them
+    DONE = "done"  # the result is read; the process is waiting on stdin
+    KEPT = "kept"  # the process is kept for the conversation's next turn
+    STOPPED = "stopped"  # the process is gone (or going)
+
+
+class Run:
+    """A Claude Code process at work for a conversation: its events, interpreted, until the result, the client's
+    tool calls, or the deadline.
+
+    A run that stops to wait for the client's tools outlives its request (AWAITING): it is parked, and the request
+    carrying the tool results continues it. `close` hands the run back to its owner, who keeps, parks or stops it."""
+
+    def __init__(self, process: ClaudeProcess, conversation: Conversation, deadline: float,
+                 release: Callable[[Run], Awaitable[None]], show_activity: bool = False) -> None:
+        self.process = process
+        self.conversation = conversation
+        self.deadline = deadline
+        self.state = RunState.RUNNING
+        self.interpreter = Interpreter(show_activity)
+        self.failed = False  # the request saw an error: nothing of this run is worth keeping
+        self._release = release
+        self._backlog: deque[AnswerEvent | None] = deque()
+        self._last_kind: str | None = None
         self._closed = False
 
-    async def _next(self, wait: float | None) -> dict[str, Any] | None:
-        """The next checked event; None when `wait` seconds pass first."""
+    @property
+    def answer(self) -> Answer:
+        return self.interpreter.answer
+
+    async def _read(self, wait: float | None) -> list[AnswerEvent] | None:
+        """The answer events of the next CLI event; None when `wait` seconds pass first."""
+        try:
+            event = await self._next_event(wait)
+            if event is None:
+                return None
+            self._last_kind = event.get("type")
+            return self.interpreter.feed(event)
+        except BaseException:
+            self.failed = True
+            raise
+        finally:
+            self._settle()
+
+    async def _next_event(self, wait: float | None) -> dict[str, Any] | None:
         remaining = self.deadline - time.monotonic()
         limit = remaining if wait is None else min(wait, remaining)
         try:
@@ -1009,80 +1271,49 @@ class Run:
             raise await self.process.failure()
         if self.process.interrupted is not None:
             raise self.process.interrupted
-        return self._check(event)
-
-    def _check(self, event: dict[str, Any]) -> dict[str, Any]:
-        kind, subtype = event.get("type"), event.get("subtype")
-        self.session_id = event.get("session_id") or self.session_id
-        if kind == "system" and subtype == "api_retry":
-            self._retry_delay_s = (event.get("retry_delay_ms") or 0) / 1000 or None
-            if event.get("error_status") in (401, 403):
-                # The CLI would retry a bad credential for minutes; it will not get better.
-                raise upstream_auth_error(f"the Anthropic API answered {event['error_status']}")
-        elif kind == "assistant" and any(
-            block.get("type") == "tool_use" for block in event.get("message", {}).get("content", [])
-        ):
-            self.used_tools = True
-        elif kind == "stream_event" and event.get("parent_tool_use_id") is None:
-            self._follow_message(event.get("event") or {})
-        elif kind == "result":
-            self.done = True
-            if event.get("is_error") and not self._ran_out(event):
-                raise result_error(event, self._retry_delay_s, self.used_tools)
         return event
 
-    def _follow_message(self, raw: dict[str, Any]) -> None:
-        """Note the stop reason, and the client tool calls a message ends with (the run then waits for them)."""
-        match raw.get("type"):
-            case "message_start":
-                self._message_tools = []
-            case "content_block_start":
-                block = raw.get("content_block") or {}
-                if block.get("type") == "tool_use" and str(block.get("name", "")).startswith(MCP_PREFIX):
-                    self._message_tools.append(block["id"])
-            case "message_delta":
-                self.stop_reason = (raw.get("delta") or {}).get("stop_reason")
-                if self.stop_reason == "tool_use" and self._message_tools:
-                    self.awaiting = tuple(self._message_tools)
-
-    def _ran_out(self, result: dict[str, Any]) -> bool:
-        """Whether an error result only means the answer was cut short (max turns, or max tokens after the
-        CLI's own attempts to continue): that is finish_reason "length", not an error."""
-        if result.get("subtype") == "error_max_turns":
-            return True
-        return self.stop_reason == "max_tokens" and result.get("api_error_status") is None
+    def _settle(self) -> None:
+        if self.interpreter.done:
+            self.state = RunState.DONE
+        elif self.interpreter.awaiting:
+            self.state = RunState.AWAITING
 
     async def prime(self, window: float) -> None:
         """Wait until the model starts answering (or `window` passes), so early failures become HTTP statuses."""
         end = time.monotonic() + window
-        while not self.done and (remaining := end - time.monotonic()) > 0:
-            event = await self._next(remaining)
-            if event is None:
+        while self.state is RunState.RUNNING and (remaining := end - time.monotonic()) > 0:
+            events = await self._read(remaining)
+            if events is None:
                 return
-            self._backlog.append(event)
-            if event.get("type") != "system":
+            self._backlog.extend(events)
+            if self._last_kind != "system":
                 return
 
-    async def events(self, idle: float | None = None) -> AsyncIterator[dict[str, Any] | None]:
-        """Checked events up to the result or to client tool calls; None after every `idle` seconds of silence."""
+    async def events(self, idle: float | None = None) -> AsyncIterator[AnswerEvent | None]:
+        """Answer events up to the result or to client tool calls; None after every `idle` seconds of silence."""
         while self._backlog:
             yield self._backlog.popleft()
-        while not self.done and not self.awaiting:
-            yield await self._next(idle)
+        while self.state is RunState.RUNNING:
+            events = await self._read(idle)
+            for event in events if events is not None else [None]:
+                yield event
 
     @property
     def has_pending(self) -> bool:
+        """Whether more is already waiting to be read (so a stream can send what it has in one write)."""
         return bool(self._backlog) or self.process.has_pending
 
-    def resume(self, results: dict[str, str], deadline: float, key: str) -> None:
-        """Continue a parked run: hand the client's tool results to Claude Code."""
+    def continue_with(self, results: Mapping[str, Turn], conversation: Conversation, deadline: float) -> None:
+        """Continue a parked run: hand the client's tool results to Claude Code for the next answer."""
         assert self.process.bridge is not None
-        for tool_use_id, text in results.items():
-            self.process.bridge.deliver(tool_use_id, text)
-        self.awaiting, self.deadline, self.key, self._closed = (), deadline, key, False
+        for call_id, turn in results.items():
+            self.process.bridge.deliver(call_id, turn.text, turn.is_error)
+        self.interpreter.next_answer()
+        self.conversation, self.deadline, self.state, self._closed = conversation, deadline, RunState.RUNNING, False
 
     async def close(self) -> None:
-        """Hand the process back (parked, finished or stopped); idempotent, safe when cancelled."""
+        """Hand the run back to its owner (parked, kept or stopped); idempotent, safe when cancelled."""
         if not self._closed:
             self._closed = True
             await asyncio.shield(self._release(self))
@@ -1097,11 +1328,12 @@ class WarmPool:
     """
 
     def __init__(self, size: int, ttl: float, spawn: Callable[[Launch], Awaitable[ClaudeProcess]],
-                 retire: Callable[[ClaudeProcess], Coroutine[Any, Any, None]]) -> None:
+                 retire: Callable[[ClaudeProcess], Coroutine[Any, Any, None]], background: Background) -> None:
         self.size = size
         self.ttl = ttl
         self._spawn = spawn
         self._retire = retire
+        self._background = background
         self._idle: dict[Launch, list[tuple[ClaudeProcess, float]]] = {}
         self._recent: dict[Launch, float] = {}
         self._refill: asyncio.Task[None] | None = None
@@ -1117,7 +1349,7 @@ class WarmPool:
             process, _ = entries.pop()
             if process.running():
                 return process
-            asyncio.get_running_loop().create_task(self._retire(process))
+            self._background.start(self._retire(process))
         return None
 
     def learn(self, launch: Launch) -> None:
@@ -1130,7 +1362,7 @@ class WarmPool:
         """Start the processes the recent configurations lack, in the background. Called when a run ends:
         starting CLIs while a run is answering would slow that answer on a small machine."""
         if self.size > 0 and (self._refill is None or self._refill.done()):
-            self._refill = asyncio.get_running_loop().create_task(self._fill())
+            self._refill = self._background.start(self._fill())
 
     def targets(self) -> dict[Launch, int]:
         """How many idle processes each recent configuration should have: round-robin, most recent first."""
@@ -1182,7 +1414,7 @@ class Session:
 
 
 class SessionStore:
-    """Conversations by the key of their messages so far, the reply included (see prefix_keys).
+    """Conversations by the key of their turns so far, the reply included (see prefix_keys).
 
     A request whose history is such a conversation plus new user turns continues it: the kept CLI process gets just
     the new turn, or, once that process is gone, `--resume` replays the session from disk. The map is saved in
@@ -1212,13 +1444,13 @@ class SessionStore:
         temporary.chmod(0o600)
         temporary.replace(self.path)
 
-    def find(self, messages: list[ChatMessage], keys: list[str]) -> tuple[str, int] | None:
+    def find(self, conversation: Conversation) -> tuple[str, int] | None:
         """The key of the longest known conversation the request continues with new user turns, and where those
-        turns start (`keys` are the messages' prefix_keys)."""
-        for i in range(len(messages) - 2, -1, -1):
-            if messages[i].role == "assistant" and keys[i + 1] in self.sessions:
-                new_turns = messages[i + 1:]
-                return (keys[i + 1], i + 1) if all(m.role == "user" for m in new_turns) else None
+        turns start."""
+        turns, keys = conversation.turns, conversation.keys
+        for i in range(len(turns) - 2, -1, -1):
+            if turns[i].role == "assistant" and keys[i + 1] in self.sessions:
+                return (keys[i + 1], i + 1) if all(t.role == "user" for t in turns[i + 1:]) else None
         return None
 
     def take(self, key: str) -> Session:
@@ -1260,28 +1492,80 @@ class SessionStore:
         return [s.process for s in dropped if s.process], [s.cwd for s in dropped if s.owned]
 
 
-class Runner:
-    """Starts, tracks and stops Claude Code processes for the app; the only owner of CLI processes.
+class Parking:
+    """Runs waiting for the client's tool results, by the ids of the calls they wait for.
 
-    A process is, at any time, warm in the pool, serving a Run (holding a run slot), parked with a Run waiting for
-    the client's tool results, or kept for a conversation's next turn; `live` holds them all, so shutdown stops
-    every one."""
+    A run is parked holding no run slot, for at most `wait` seconds; beyond `limit` runs the oldest is ended."""
+
+    def __init__(self, wait: float, limit: int, end: Callable[[Run], Coroutine[Any, Any, None]],
+                 background: Background) -> None:
+        self.wait = wait
+        self.limit = limit
+        self._end = end
+        self._background = background
+        self.runs: dict[str, Run] = {}
+        self._timers: dict[Run, asyncio.TimerHandle] = {}
+
+    def park(self, run: Run) -> None:
+        run.state = RunState.AWAITING
+        for call_id in run.interpreter.awaiting:
+            self.runs[call_id] = run
+        loop = asyncio.get_running_loop()
+        self._timers[run] = loop.call_later(self.wait, lambda: self._background.start(self.end(run)))
+        if len(self._timers) > self.limit:
+            self._background.start(self.end(next(iter(self._timers))))
+
+    def unpark(self, run: Run) -> None:
+        for call_id in run.interpreter.awaiting:
+            self.runs.pop(call_id, None)
+        if timer := self._timers.pop(run, None):
+            timer.cancel()
+
+    async def end(self, run: Run) -> None:
+        self.unpark(run)
+        await self._end(run)
+
+    def find(self, conversation: Conversation) -> tuple[Run | None, list[Run]]:
+        """The parked run `conversation` continues with its tool results (it must answer every call the run waits
+        for, right after the conversation that led to them), and the parked runs it left behind: calls it
+        answers otherwise, or moved on from."""
+        results = conversation.tool_results()
+        called = {call.id for turn in conversation.turns if turn.role == "assistant" for call in turn.calls}
+        superseded = {run for call_id, run in self.runs.items()
+                      if call_id in called and not set(run.interpreter.awaiting) <= set(results)}
+        run = self.runs.get(next(iter(results), ""))
+        if run is None or run in superseded:
+            return None, list(superseded)
+        history = len(conversation.turns) - len(results) - 1
+        if set(run.interpreter.awaiting) != set(results) or history < 0 \
+                or conversation.keys[history] != run.conversation.keys[-1]:
+            return None, [*superseded, run]
+        return run, list(superseded)
+
+    def close(self) -> None:
+        for run in list(self._timers):
+            self.unpark(run)
+
+    @property
+    def count(self) -> int:
+        return len(self._timers)
+
+
+# ── 7. Runner: the one owner of Claude Code processes ────────────────────
+
+
+class Processes:
+    """Starts and stops Claude Code CLI processes; every live one is in `live` (and its tool bridge in `bridges`)
+    until it is stopped."""
 
     def __init__(self, settings: Settings, environ: Mapping[str, str]) -> None:
         self.settings = settings
         self.env = child_env(settings, environ)
         self.claude_bin = find_claude(settings.claude_bin)
         self.claude_version: str | None = None
-        self.admission = Admission(settings.max_concurrency, settings.max_queue)
-        self.pool = WarmPool(settings.pool_size, settings.pool_idle_ttl, self.spawn, self.retire)
         self.live: set[ClaudeProcess] = set()
         self.bridges: dict[str, ToolBridge] = {}
-        self.parked: dict[str, Run] = {}
-        self._park_timers: dict[Run, asyncio.TimerHandle] = {}
         self.state_dir = Path(settings.state_dir).expanduser()
-        self.sessions = SessionStore(
-            self.state_dir / "sessions.json", settings.max_live_sessions, settings.session_ttl
-        ) if settings.sessions else None
         self.closed = False
 
     def require_claude(self) -> str:
@@ -1345,15 +1629,118 @@ class Runner:
         folder.mkdir(mode=0o700, parents=True)
         return str(folder)
 
-    async def continue_session(self, key: str, launch: Launch, content: list[dict[str, Any]], deadline: float,
-                               run_key: str) -> Run:
-        """A run continuing the conversation `key` of the session store, sent only its new turns (`content`): on the
-        kept CLI process, or on one resuming the session from disk. If it cannot start, the conversation stays
-        known."""
+    async def retire(self, process: ClaudeProcess) -> None:
+        """Stop a process that serves no run, and forget it."""
+        try:
+            await process.stop()
+        finally:
+            self.live.discard(process)
+            if process.bridge:
+                self.bridges.pop(process.bridge.secret, None)
+                process.bridge.close()
+
+    async def remove(self, processes: list[ClaudeProcess], folders: list[str]) -> None:
+        """Stop processes and delete conversation folders the session store let go of."""
+        await asyncio.gather(*(self.retire(process) for process in processes))
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    async def stop_all(self) -> None:
+        """Refuse new processes and stop every one."""
+        self.closed = True
+        reason = ShuttingDown("The run was stopped: the proxy is shutting down", retry_after=5)
+        await asyncio.gather(*(process.stop(reason) for process in list(self.live)), return_exceptions=True)
+
+
+class Runner:
+    """Starts, routes, keeps and stops Claude Code processes for the app.
+
+    `open(conversation)` is the one entry point: the parked run the conversation brings tool results for, else the
+    conversation's live session, else its session resumed from disk, else a warm or new process. Closing a run
+    hands it back here, and only here is it decided whether its process is parked, kept for the conversation's
+    next turn or stopped. Every process is in `live` until it is stopped, so shutdown stops every one."""
+
+    def __init__(self, settings: Settings, environ: Mapping[str, str]) -> None:
+        self.settings = settings
+        self.background = Background()
+        self.processes = Processes(settings, environ)
+        self.admission = Admission(settings.max_concurrency, settings.max_queue)
+        self.pool = WarmPool(settings.pool_size, settings.pool_idle_ttl, self.processes.spawn,
+                             self.processes.retire, self.background)
+        self.parking = Parking(settings.tool_wait, settings.max_parked, self._stop_run, self.background)
+        self.sessions = SessionStore(
+            self.processes.state_dir / "sessions.json", settings.max_live_sessions, settings.session_ttl
+        ) if settings.sessions else None
+
+    @property
+    def closed(self) -> bool:
+        return self.processes.closed
+
+    # -- routing a conversation to a process
+
+    async def open(self, conversation: Conversation, deadline: float) -> Run:
+        """A run answering `conversation`, its first user message sent; the caller must close it."""
+        if self.closed:
+            raise ShuttingDown("The proxy is shutting down", retry_after=5)
+        if conversation.tools and (run := await self._continue_parked(conversation, deadline)):
+            return run
+        prompt = build_prompt(conversation.turns, self.settings.system_prompt_mode)
+        system = "\n\n".join(x for x in (prompt.system, conversation.tool_instruction) if x) or None
+        launch = Launch(model=conversation.cli_model, system_prompt=system, cwd=self.settings.cwd or None,
+                        tools=conversation.tools, persist=self.sessions is not None)
+        if found := self._find_session(conversation):
+            key, start = found
+            new_turns = conversation.turns[start:]
+            content = await user_content(build_prompt(new_turns, "append").text, new_turns, self.settings)
+            return await self._continue_session(key, launch, content, conversation, deadline)
+        content = await user_content(prompt.text, conversation.turns, self.settings)
+        await self.admission.acquire(deadline)
+        try:
+            process = self.pool.take(launch) or await self.processes.spawn(launch)
+        except BaseException:
+            self.admission.release()
+            raise
+        self.pool.learn(launch)
+        return await self._begin(process, content, conversation, deadline)
+
+    async def _continue_parked(self, conversation: Conversation, deadline: float) -> Run | None:
+        run, left_behind = self.parking.find(conversation)
+        await asyncio.gather(*(self.parking.end(old) for old in left_behind))
+        if run is None:
+            return None
+        self.parking.unpark(run)
+        try:
+            await self.admission.acquire(deadline)
+        except BaseException:
+            self.parking.park(run)
+            raise
+        run.continue_with(conversation.tool_results(), conversation, deadline)
+        return run
+
+    def _find_session(self, conversation: Conversation) -> tuple[str, int] | None:
+        """The known conversation this request continues (see SessionStore.find), if it can still be resumed:
+        Claude Code deletes old transcripts, and a session without one cannot be resumed."""
+        found = self.sessions.find(conversation) if self.sessions else None
+        if self.sessions is None or found is None:
+            return None
+        session = self.sessions.sessions[found[0]]
+        if session.process is not None and session.process.running():
+            return found
+        env = self.processes.env
+        config = env.get("CLAUDE_CONFIG_DIR") or os.path.join(env.get("HOME", "~"), ".claude")
+        if any(Path(config).expanduser().glob(f"projects/*/{session.session_id}.jsonl")):
+            return found
+        self.sessions.take(found[0])
+        return None
+
+    async def _continue_session(self, key: str, launch: Launch, content: list[dict[str, Any]],
+                                conversation: Conversation, deadline: float) -> Run:
+        """Continue a known conversation with its new turns only: on its kept process, or on one resuming its
+        Claude Code session from disk (--resume). If that cannot start, the conversation stays known."""
         assert self.sessions is not None
         session = self.sessions.take(key)
         try:
-            await self._admit(deadline)
+            await self.admission.acquire(deadline)
         except BaseException:
             self._remember(key, session)
             raise
@@ -1363,438 +1750,98 @@ class Runner:
             self.admission.release()
             self._remember(key, session)
             raise
-        return await self._begin(process, content, deadline, run_key)
+        return await self._begin(process, content, conversation, deadline)
 
     async def _session_process(self, launch: Launch, session: Session) -> ClaudeProcess:
         if session.process is not None and session.process.running():
             return session.process
         if session.process is not None:
-            await self.retire(session.process)
+            await self.processes.retire(session.process)
             session.process = None
-        process = await self.spawn(dataclasses.replace(launch, cwd=session.cwd, persist=True,
+        process = await self.processes.spawn(dataclasses.replace(launch, cwd=session.cwd, persist=True,
                                                        resume=session.session_id))
         process.owns_cwd = session.owned
         return process
 
-    def find_conversation(self, messages: list[ChatMessage], keys: list[str]) -> tuple[str, int] | None:
-        """The known conversation this request continues (see SessionStore.find), if it can still be resumed:
-        Claude Code deletes old transcripts, and a session without one cannot be resumed."""
-        found = self.sessions.find(messages, keys) if self.sessions else None
-        if self.sessions is None or found is None:
-            return None
-        session = self.sessions.sessions[found[0]]
-        if session.process is not None and session.process.running():
-            return found
-        config = self.env.get("CLAUDE_CONFIG_DIR") or os.path.join(self.env.get("HOME", "~"), ".claude")
-        if any(Path(config).expanduser().glob(f"projects/*/{session.session_id}.jsonl")):
-            return found
-        self.sessions.take(found[0])
-        return None
-
-    def _keep(self, run: Run) -> None:
-        """Keep a finished run's process, waiting on stdin, for the conversation's next turn."""
-        assert self.sessions is not None and run.reply_key and run.session_id
-        process = run.process
-        session = Session(run.session_id, process.cwd, process.owns_cwd, time.time(), process)
-        process.owns_cwd = False
-        self._remember(run.reply_key, session)
-
-    def _remember(self, key: str, session: Session) -> None:
-        assert self.sessions is not None
-        processes, folders = self.sessions.keep(key, session)
-        asyncio.get_running_loop().create_task(self._remove(processes, folders))
-
-    async def _admit(self, deadline: float) -> None:
-        if self.closed:
-            raise ShuttingDown("The proxy is shutting down", retry_after=5)
-        try:
-            await asyncio.wait_for(self.admission.acquire(), max(deadline - time.monotonic(), 0))
-        except asyncio.TimeoutError:
-            raise RunTimeout("Timed out waiting for a free Claude Code slot") from None
-
-    async def start(self, launch: Launch, content: list[dict[str, Any]], deadline: float, key: str = "") -> Run:
-        """Admit, spawn (or take a warm process) and send the prompt; the returned Run must be closed."""
-        await self._admit(deadline)
-        try:
-            process = self.pool.take(launch) or await self.spawn(launch)
-        except BaseException:
-            self.admission.release()
-            raise
-        self.pool.learn(launch)
-        return await self._begin(process, content, deadline, key)
-
-    async def _begin(self, process: ClaudeProcess, content: list[dict[str, Any]], deadline: float, key: str) -> Run:
-        run = Run(process, deadline, self._release, key)
-        run.keepable = self.sessions is not None
+    async def _begin(self, process: ClaudeProcess, content: list[dict[str, Any]], conversation: Conversation,
+                     deadline: float) -> Run:
+        run = Run(process, conversation, deadline, self._release, self.settings.show_tool_activity)
         try:
             # stdin stays open until the result is read: the CLI exits on EOF without flushing a large pending
             # write to stdout (a 300 KB result line was cut short on CLI 2.1.197).
             await process.send(user_message(content))
         except BaseException:
+            run.failed = True
             await run.close()
             raise
         return run
 
-    async def resume(self, messages: list[ChatMessage], keys: list[str], deadline: float) -> Run | None:
-        """The parked run this request continues with its tool results, resumed; None when there is none.
-
-        The request must answer every call the run waits for, after exactly the conversation that led to them
-        (`keys` are the messages' prefix_keys); a parked run whose calls the conversation left unanswered (the
-        client moved on) is ended.
-        """
-        results = trailing_tool_results(messages)
-        await self._end_superseded(messages, results)
-        run = self.parked.get(next(iter(results), ""))
-        if run is None:
-            return None
-        history_length = len(messages) - len(results) - 1
-        if set(run.awaiting) != set(results) or history_length < 0 or keys[history_length] != run.key:
-            await self._end_parked(run)
-            return None
-        self._unpark(run)
-        try:
-            await self._admit(deadline)
-        except BaseException:
-            self._park(run)
-            raise
-        run.resume(results, deadline, keys[-1])
-        return run
-
-    async def _end_superseded(self, messages: list[ChatMessage], results: dict[str, str]) -> None:
-        called = {call.id for m in messages if m.role == "assistant" for call in m.tool_calls or []}
-        runs = {run for call_id, run in self.parked.items() if call_id in called}
-        await asyncio.gather(*(self._end_parked(run) for run in runs if not set(run.awaiting) <= set(results)))
-
-    def _park(self, run: Run) -> None:
-        for call_id in run.awaiting:
-            self.parked[call_id] = run
-        loop = asyncio.get_running_loop()
-        self._park_timers[run] = loop.call_later(
-            self.settings.tool_wait, lambda: loop.create_task(self._end_parked(run))
-        )
-        if len(self._park_timers) > self.settings.max_parked:
-            loop.create_task(self._end_parked(next(iter(self._park_timers))))
-
-    def _unpark(self, run: Run) -> None:
-        for call_id in run.awaiting:
-            self.parked.pop(call_id, None)
-        if timer := self._park_timers.pop(run, None):
-            timer.cancel()
-
-    async def _end_parked(self, run: Run) -> None:
-        self._unpark(run)
-        await self.retire(run.process)
+    # -- what becomes of a run: parked, kept or stopped
 
     async def _release(self, run: Run) -> None:
         try:
-            if run.awaiting and not run.done and run.process.alive and not self.closed:
-                self._park(run)  # waits for the client's tool results, holding no run slot
-            elif run.done and run.reply_key and run.session_id and self.sessions and run.process.alive \
-                    and not self.closed:
+            if run.state is RunState.AWAITING and not run.failed and run.process.alive and not self.closed:
+                self.parking.park(run)  # waits for the client's tool results, holding no run slot
+            elif self._keepable(run):
                 self._keep(run)
             else:
-                if run.done:
+                if run.state is RunState.DONE:
                     await run.process.finish()
-                await self.retire(run.process)
+                await self._stop_run(run)
         finally:
             self.admission.release()
             if not self.closed:
                 self.pool.refill()
 
+    def _keepable(self, run: Run) -> bool:
+        return (run.state is RunState.DONE and not run.failed and self.sessions is not None and not self.closed
+                and run.process.alive and run.interpreter.session_id is not None
+                and not run.answer.of_kind("tool_call"))
+
+    def _keep(self, run: Run) -> None:
+        """Keep a finished run's process, waiting on stdin, under the key of the conversation with its reply."""
+        assert run.interpreter.session_id is not None
+        reply = Turn("assistant", run.answer.text)
+        key = prefix_keys(run.conversation.model, (*run.conversation.turns, reply))[-1]
+        process = run.process
+        session = Session(run.interpreter.session_id, process.cwd, process.owns_cwd, time.time(), process)
+        process.owns_cwd = False
+        run.state = RunState.KEPT
+        self._remember(key, session)
+
+    def _remember(self, key: str, session: Session) -> None:
+        assert self.sessions is not None
+        self.background.start(self.processes.remove(*self.sessions.keep(key, session)))
+
+    async def _stop_run(self, run: Run) -> None:
+        run.state = RunState.STOPPED
+        await self.processes.retire(run.process)
+
     async def maintain(self) -> None:
-        """Expire idle warm processes, for as long as the app runs."""
+        """Expire idle warm processes and kept sessions, for as long as the app runs."""
         interval = max(0.2, min(self.settings.pool_idle_ttl / 2, 30.0))
         while True:
             await asyncio.sleep(interval)
             await self.pool.expire()
             if self.sessions:
-                await self._remove(*self.sessions.expire(self.settings.pool_idle_ttl))
-
-    async def _remove(self, processes: list[ClaudeProcess], folders: list[str]) -> None:
-        """Stop processes and delete conversation folders the session store let go of."""
-        await asyncio.gather(*(self.retire(process) for process in processes))
-        for folder in folders:
-            shutil.rmtree(folder, ignore_errors=True)
-
-    async def retire(self, process: ClaudeProcess) -> None:
-        """Stop a process that serves no run."""
-        try:
-            await process.stop()
-        finally:
-            self.live.discard(process)
-            if process.bridge:
-                self.bridges.pop(process.bridge.secret, None)
-                process.bridge.close()
+                await self.processes.remove(*self.sessions.expire(self.settings.pool_idle_ttl))
 
     async def stop_all(self) -> None:
         """Refuse new runs and stop every process (shutdown)."""
-        self.closed = True
         self.pool.close()
-        for run in list(self._park_timers):
-            self._unpark(run)
-        reason = ShuttingDown("The run was stopped: the proxy is shutting down", retry_after=5)
-        await asyncio.gather(*(process.stop(reason) for process in list(self.live)), return_exceptions=True)
+        self.parking.close()
+        await self.processes.stop_all()
 
 
-# ── 6. Translation to OpenAI ─────────────────────────────────────────────
-
-def openai_usage(tokens: Mapping[str, int], cost: float | None) -> dict[str, Any]:
-    """OpenAI usage from Anthropic token counts.
-
-    prompt_tokens counts every input token the model read: fresh input plus cache reads plus cache writes, so that
-    prompt_tokens >= cached_tokens as OpenAI clients assume. `cost` (Claude Code's total_cost_usd for the run,
-    side requests included) is reported as usage.total_cost_usd.
-    """
-    cached = tokens.get("cache_read_input_tokens", 0)
-    written = tokens.get("cache_creation_input_tokens", 0)
-    prompt = tokens.get("input_tokens", 0) + cached + written
-    completion = tokens.get("output_tokens", 0)
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": cached, "cache_write_tokens": written},
-        "total_cost_usd": cost,
-    }
+# ── 8. HTTP plumbing: guards, logging, bodies, the stream driver ─────────
 
 
-TOOL_INPUT_KEYS = ("command", "file_path", "path", "pattern", "url", "query", "description", "prompt")
+def app_state(request: Request) -> tuple[Settings, Runner]:
+    return request.app.state.settings, request.app.state.runner
 
 
-def tool_summary(name: str, tool_input: dict[str, Any]) -> str:
-    """A one-line description of a tool call, e.g. "Bash: ls -la"."""
-    value = next((tool_input[k] for k in TOOL_INPUT_KEYS if isinstance(tool_input.get(k), str)), None)
-    text = value.strip().splitlines()[0] if value and value.strip() else json.dumps(tool_input, ensure_ascii=False)
-    return f"{name}: {text[:160]}"
-
-
-def tool_outcome(name: str, block: dict[str, Any]) -> str:
-    """A short outcome of a tool call, e.g. "exit 0, 12 lines" or "failed: No such file"."""
-    content = block.get("content")
-    if isinstance(content, list):
-        content = "\n".join(part.get("text", "") for part in content if isinstance(part, dict))
-    text = str(content or "").strip()
-    if block.get("is_error"):
-        return f"failed: {text.splitlines()[0][:160] if text else 'error'}"
-    lines = len(text.splitlines())
-    return ("exit 0, " if name == "Bash" else "") + f"{lines} line{'' if lines == 1 else 's'}"
-
-
-INPUT_TOKEN_FIELDS = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
-
-
-class CompletionBuilder:
-    """Turns the CLI's events into OpenAI chunks, and remembers enough to build the whole completion.
-
-    The stream and the non-streamed completion are built from the same events by the same code, so they agree.
-    Only top-level turns count (subagents' events carry a parent_tool_use_id); the text of successive assistant
-    turns is separated by a blank line. Calls of the client's tools (MCP_PREFIX) become tool_calls; usage is the
-    sum over the API calls this response covers.
-    """
-
-    def __init__(self, model: str, include_usage: bool = False, show_activity: bool = False) -> None:
-        self.id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-        self.show_activity = show_activity
-        self._own_tools: dict[str, str] = {}  # tool_use id -> name, for Claude Code's own tools
-        self.created = int(time.time())
-        self.model = model
-        self.include_usage = include_usage
-        self.text: list[str] = []
-        self.reasoning: list[str] = []
-        self.tool_calls: list[dict[str, Any]] = []
-        self.tokens: dict[str, int] = dict.fromkeys((*INPUT_TOKEN_FIELDS, "output_tokens"), 0)
-        self.cost: float | None = None
-        self.finish_reason = "stop"
-        self._message_has_text = False
-        self._block_calls: dict[int, int] = {}  # content block index -> index in tool_calls
-
-    @property
-    def usage(self) -> dict[str, Any]:
-        return openai_usage(self.tokens, self.cost)
-
-    def chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
-        return {
-            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}],
-        }
-
-    def role_chunk(self) -> dict[str, Any]:
-        return self.chunk({"role": "assistant", "content": ""})
-
-    def feed(self, event: dict[str, Any]) -> list[dict[str, Any]]:
-        """The chunks one CLI event yields (often none)."""
-        top_level = event.get("parent_tool_use_id") is None
-        match event.get("type"):
-            case "stream_event" if top_level:
-                return self._stream_event(event.get("event") or {})
-            case "assistant" | "user" if top_level and self.show_activity:
-                return [self._reasoning(line) for line in self._activity(event)]
-            case "result":
-                self.cost = event.get("total_cost_usd")
-                if event.get("subtype") == "error_max_turns":
-                    self.finish_reason = "length"
-        return []
-
-    def _stream_event(self, raw: dict[str, Any]) -> list[dict[str, Any]]:
-        match raw.get("type"):
-            case "message_start":
-                self._start_message((raw.get("message") or {}).get("usage") or {})
-            case "content_block_start":
-                return self._start_block(raw.get("index", 0), raw.get("content_block") or {})
-            case "content_block_delta":
-                return self._delta(raw.get("index", 0), raw.get("delta") or {})
-            case "content_block_stop" if raw.get("index", 0) in self._block_calls:
-                call = self._block_calls[raw.get("index", 0)]
-                if not self.tool_calls[call]["function"]["arguments"]:
-                    return [self._arguments_chunk(call, "{}")]
-            case "message_delta":
-                self.tokens["output_tokens"] += int((raw.get("usage") or {}).get("output_tokens") or 0)
-                self._stop((raw.get("delta") or {}).get("stop_reason"))
-        return []
-
-    def _start_message(self, usage: dict[str, Any]) -> None:
-        self._message_has_text = False
-        self._block_calls = {}
-        for name in INPUT_TOKEN_FIELDS:
-            self.tokens[name] += int(usage.get(name) or 0)
-
-    def _start_block(self, index: int, block: dict[str, Any]) -> list[dict[str, Any]]:
-        name = str(block.get("name", ""))
-        if block.get("type") != "tool_use" or not name.startswith(MCP_PREFIX):
-            return []
-        def call() -> dict[str, Any]:
-            function = {"name": name[len(MCP_PREFIX):], "arguments": ""}
-            return {"id": block["id"], "type": "function", "function": function}
-
-        self._block_calls[index] = len(self.tool_calls)
-        self.tool_calls.append(call())
-        return [self.chunk({"tool_calls": [{"index": self._block_calls[index], **call()}]})]
-
-    def _delta(self, index: int, delta: dict[str, Any]) -> list[dict[str, Any]]:
-        match delta.get("type"):
-            case "text_delta" if delta.get("text"):
-                return [self._text_chunk(delta["text"])]
-            case "thinking_delta" if delta.get("thinking"):
-                return [self._reasoning(delta["thinking"])]
-            case "input_json_delta" if delta.get("partial_json") and index in self._block_calls:
-                return [self._arguments_chunk(self._block_calls[index], delta["partial_json"])]
-        return []
-
-    def _reasoning(self, text: str) -> dict[str, Any]:
-        self.reasoning.append(text)
-        return self.chunk({"reasoning_content": text})
-
-    def _activity(self, event: dict[str, Any]) -> list[str]:
-        """What Claude Code's own tools are doing, one line per call and per outcome (CLAUDE_SHOW_TOOL_ACTIVITY)."""
-        lines = []
-        for block in (event.get("message") or {}).get("content") or []:
-            if not isinstance(block, dict):
-                continue
-            if block.get("type") == "tool_use" and not str(block.get("name", "")).startswith(MCP_PREFIX):
-                self._own_tools[block["id"]] = block["name"]
-                lines.append(f"\n{tool_summary(block['name'], block.get('input') or {})}\n")
-            elif block.get("type") == "tool_result" and (name := self._own_tools.get(block.get("tool_use_id", ""))):
-                lines.append(f"→ {tool_outcome(name, block)}\n")
-        return lines
-
-    def _arguments_chunk(self, call: int, fragment: str) -> dict[str, Any]:
-        self.tool_calls[call]["function"]["arguments"] += fragment
-        return self.chunk({"tool_calls": [{"index": call, "function": {"arguments": fragment}}]})
-
-    def _text_chunk(self, text: str) -> dict[str, Any]:
-        if not self._message_has_text and self.text:
-            text = "\n\n" + text
-        self._message_has_text = True
-        self.text.append(text)
-        return self.chunk({"content": text})
-
-    def _stop(self, stop_reason: str | None) -> None:
-        if stop_reason == "tool_use" and self._block_calls:
-            self.finish_reason = "tool_calls"
-        elif stop_reason == "max_tokens":
-            self.finish_reason = "length"
-        elif stop_reason is not None:
-            self.finish_reason = "stop"
-
-    def finish(self) -> list[dict[str, Any]]:
-        """The finish chunk, and the usage chunk when the client asked for one."""
-        chunks = [self.chunk({}, self.finish_reason)]
-        if self.include_usage:
-            chunks.append({**self.chunk({}), "choices": [], "usage": self.usage})
-        return chunks
-
-    def keepalive_chunk(self) -> dict[str, Any]:
-        return self.chunk({})
-
-    def completion(self) -> dict[str, Any]:
-        text = "".join(self.text)
-        message: dict[str, Any] = {"role": "assistant", "content": text or (None if self.tool_calls else ""),
-                                   "refusal": None}
-        if self.tool_calls:
-            message["tool_calls"] = self.tool_calls
-        if self.reasoning:
-            message["reasoning_content"] = "".join(self.reasoning)
-        return {
-            "id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
-            "choices": [{"index": 0, "message": message, "finish_reason": self.finish_reason, "logprobs": None}],
-            "usage": self.usage,
-        }
-
-
-def sse(payload: dict[str, Any]) -> str:
-    return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
-
-
-# ── 7. HTTP app ──────────────────────────────────────────────────────────
-
-
-async def fetch_image(url: str, where: str, settings: Settings) -> dict[str, Any]:
-    """The image block for an image part: decoded from a data: URL or, when CLAUDE_FETCH_IMAGES allows it (a proxy
-    that fetches any URL it is given is an SSRF hole), downloaded with a size cap."""
-    if url.startswith("data:"):
-        return data_url_image(url, settings.max_image_bytes, where)
-    if not url.startswith(("http://", "https://")):
-        raise InvalidRequest(f"Unsupported image URL in {where}", param=where)
-    if not settings.fetch_images:
-        raise InvalidRequest(f"Image URLs are not fetched (set CLAUDE_FETCH_IMAGES=1); send a data: URL in {where}",
-                             param=where)
-    try:
-        async with httpx.AsyncClient(timeout=20) as client, client.stream("GET", url) as response:
-            response.raise_for_status()
-            data = bytearray()
-            async for chunk in response.aiter_bytes():
-                data += chunk
-                if len(data) > settings.max_image_bytes:
-                    break
-            media_type = response.headers.get("content-type", "")
-    except httpx.HTTPError as exc:
-        raise InvalidRequest(f"Could not fetch the image in {where}: {exc}", param=where) from None
-    return image_block(media_type, bytes(data), settings.max_image_bytes, where)
-
-
-async def read_json(request: Request, max_bytes: int) -> Any:
-    """The request body as JSON, refusing other content types and bodies over `max_bytes`."""
-    # A body without Content-Type is what a web page's no-cors fetch or sendBeacon sends (a CORS "simple" request,
-    # no preflight): reading it as JSON would let any page run commands here.
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != "application/json" and not content_type.endswith("+json"):
-        raise UnsupportedMediaType(f"Expected Content-Type application/json, got '{content_type or 'none'}'")
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > max_bytes:
-        raise PayloadTooLarge(f"The request body is larger than PROXY_MAX_BODY_BYTES ({max_bytes} bytes)")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_bytes:
-            raise PayloadTooLarge(f"The request body is larger than PROXY_MAX_BODY_BYTES ({max_bytes} bytes)")
-    try:
-        return json.loads(body)
-    except ValueError as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc}") from None
-
-
-def error_response(exc: ProxyError) -> JSONResponse:
-    return JSONResponse(error_envelope(exc), status_code=exc.status, headers=error_headers(exc))
+def error_response(exc: ProxyError, door: Door = "openai") -> JSONResponse:
+    return JSONResponse(error_body(exc, door), status_code=exc.status, headers=error_headers(exc))
 
 
 def host_name(host: str) -> str:
@@ -1842,6 +1889,46 @@ def browser_refusal(headers: Mapping[str, str], method: str, hosts: frozenset[st
     return None
 
 
+def log_fields(scope: MutableMapping[str, Any]) -> dict[str, Any]:
+    """The fields of a request's log line, filled in by whoever handles it (request.state.log)."""
+    fields: dict[str, Any] = scope.setdefault("state", {}).setdefault("log", {})
+    return fields
+
+
+def log_value(value: Any) -> str:
+    """A log field that cannot forge log lines: escaped and cut short."""
+    return str(value).encode("unicode_escape").decode()[:200]
+
+
+class RequestLog:
+    """ASGI middleware: one log line per request, whatever became of it (method, path, status, duration, and the
+    fields its handler noted: id, model, tokens, error). Never a prompt's text."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status = time.monotonic(), 0
+        scope.setdefault("state", {})["started"] = started
+
+        async def noting_status(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        fields = log_fields(scope)
+        try:
+            await self.app(scope, receive, noting_status)
+        finally:
+            extra = " ".join(f"{key}={log_value(value)}" for key, value in fields.items())
+            logger.info("%s %s status=%s duration=%.2fs %s", scope["method"], log_value(scope["path"]),
+                        status or 499, time.monotonic() - started, extra)
+
+
 class BrowserGuard:
     """ASGI middleware refusing web pages (see browser_refusal) on every route, before anything else runs."""
 
@@ -1854,17 +1941,39 @@ class BrowserGuard:
         if scope["type"] == "http":
             headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
             if refusal := browser_refusal(headers, scope["method"], self.hosts, self.origins):
-                logger.warning("refused %s %s: %s", scope["method"], scope["path"][:200], refusal.message)
-                await error_response(refusal)(scope, receive, send)
+                log_fields(scope).update(error="refused", reason=refusal.message)
+                await error_response(refusal, door_of(scope["path"]))(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
 
-def parse_chat_request(body: Any) -> ChatRequest:
+async def read_json(request: Request, max_bytes: int) -> Any:
+    """The request body as JSON, refusing other content types and bodies over `max_bytes`."""
+    # A body without Content-Type is what a web page's no-cors fetch or sendBeacon sends (a CORS "simple" request,
+    # no preflight): reading it as JSON would let any page run commands here.
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise UnsupportedMediaType(f"Expected Content-Type application/json, got '{content_type or 'none'}'")
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > max_bytes:
+        raise PayloadTooLarge(f"The request body is larger than PROXY_MAX_BODY_BYTES ({max_bytes} bytes)")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise PayloadTooLarge(f"The request body is larger than PROXY_MAX_BODY_BYTES ({max_bytes} bytes)")
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {str(exc)[:200]}") from None
+
+
+def parse_body(model: type[ModelT], body: Any) -> ModelT:
+    """A request body validated into its pydantic model; a 400 naming the offending parameter otherwise."""
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object")
     try:
-        return ChatRequest.model_validate(body)
+        return model.model_validate(body)
     except ValidationError as exc:
         raise validation_error(exc) from None
 
@@ -1884,7 +1993,7 @@ async def wait_for_disconnect(request: Request) -> None:
         pass
 
 
-async def until_disconnect(request: Request, work: Awaitable[dict[str, Any]]) -> dict[str, Any] | None:
+async def until_disconnect(request: Request, work: Awaitable[Answer]) -> Answer | None:
     """`work`'s result, or None if the client went away first (then `work` is cancelled, stopping its run)."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(wait_for_disconnect(request))
@@ -1900,91 +2009,434 @@ async def until_disconnect(request: Request, work: Awaitable[dict[str, Any]]) ->
         watcher.cancel()
 
 
-def log_request(builder: CompletionBuilder, stream: bool, status: str, started: float) -> None:
-    usage = builder.usage
-    logger.info(
-        "%s model=%s stream=%s status=%s duration=%.2fs prompt_tokens=%s completion_tokens=%s cost_usd=%s",
-        builder.id, builder.model, stream, status, time.monotonic() - started,
-        usage.get("prompt_tokens"), usage.get("completion_tokens"), usage.get("total_cost_usd"),
-    )
+def note_answer(request: Request, answer: Answer, error: ProxyError | None = None) -> None:
+    """The answer's tokens and cost (and an in-stream error) for the request's log line."""
+    fields = log_fields(request.scope)
+    fields.update(input_tokens=sum(answer.tokens[name] for name in INPUT_TOKEN_FIELDS),
+                  output_tokens=answer.tokens["output_tokens"], cost_usd=answer.cost)
+    if error is not None:
+        fields.update(error=error.code, reason=error.message)
 
 
-async def collect(run: Run, builder: CompletionBuilder) -> dict[str, Any]:
-    """The whole completion of a run (stream=false)."""
-    async for event in run.events():
-        if event is not None:
-            builder.feed(event)
-    return builder.completion()
+async def open_run(request: Request, conversation: Conversation) -> Run:
+    """A run for the conversation that has started answering (or failed with an HTTP status): see Run.prime."""
+    settings, runner = app_state(request)
+    started = request.scope.setdefault("state", {}).setdefault("started", time.monotonic())
+    run = await runner.open(conversation, started + settings.timeout)
+    try:
+        await run.prime(settings.prime_window)
+    except BaseException:
+        await run.close()
+        raise
+    return run
 
 
-async def stream_body(run: Run, builder: CompletionBuilder, keepalive: float,
-                      on_end: Callable[[ProxyError | None], None]) -> AsyncIterator[str]:
-    """The SSE body. Headers are sent by now, so errors travel in-stream as {"error": …} before [DONE].
+async def collect(request: Request, run: Run) -> Answer | None:
+    """The whole answer of a run (stream=false); None when the client left first (the run is then closed)."""
 
-    A client disconnect cancels this generator; `finally` then stops the run (shielded from the cancellation).
-    """
+    async def drain() -> Answer:
+        async for _ in run.events():
+            pass
+        return run.answer
+
+    try:
+        answer = await until_disconnect(request, drain())
+    except ProxyError as exc:
+        await run.close()
+        note_answer(request, run.answer, exc)
+        raise
+    note_answer(request, run.answer)
+    if answer is None:
+        await run.close()
+    return answer
+
+
+class StreamRenderer(typing.Protocol):
+    """What a protocol sends over SSE: its opening frames, the frames of each answer event, keep-alives, and its
+    closing frames for a finished answer or a failure."""
+
+    def opening(self) -> list[str]: ...
+
+    def frames(self, event: AnswerEvent, answer: Answer) -> list[str]: ...
+
+    def keepalive(self) -> list[str]: ...
+
+    def closing(self, answer: Answer) -> list[str]: ...
+
+    def failure(self, error: ProxyError, answer: Answer) -> list[str]: ...
+
+
+async def stream_body(request: Request, run: Run, stream: StreamRenderer) -> AsyncIterator[str]:
+    """The SSE body of a run, in any protocol. Headers are sent by now, so errors travel in-stream.
+
+    A client disconnect cancels this generator; `finally` then stops the run (shielded from the cancellation)."""
+    settings, _ = app_state(request)
     error: ProxyError | None = None
     frames: list[str] = []
     try:
         try:
-            yield sse(builder.role_chunk())
-            async for event in run.events(idle=keepalive):
-                frames += map(sse, [builder.keepalive_chunk()] if event is None else builder.feed(event))
+            yield "".join(stream.opening())
+            async for event in run.events(idle=settings.keepalive):
+                frames += stream.keepalive() if event is None else stream.frames(event, run.answer)
                 if frames and not run.has_pending:  # one write for all the CLI has written so far
                     yield "".join(frames)
                     frames.clear()
-            frames += map(sse, builder.finish())
+            frames += stream.closing(run.answer)
         except ProxyError as exc:
             error = exc
         except Exception:
-            logger.exception("%s failed while streaming", builder.id)
+            logger.exception("failed while streaming %s", request.url.path)
             error = ProxyError("Internal error while streaming")
         if error is not None:
-            frames.append(sse(error_envelope(error)))
-        # [DONE] goes out before the run is closed: the client need not wait for the CLI to exit.
-        yield "".join(frames) + SSE_DONE
+            frames += stream.failure(error, run.answer)
+        # The last frames go out before the run is closed: the client need not wait for the CLI to exit.
+        yield "".join(frames)
     finally:
-        on_end(error)
+        note_answer(request, run.answer, error)
         await run.close()
+
+
+def sse_response(request: Request, run: Run, stream: StreamRenderer) -> StreamingResponse:
+    return StreamingResponse(stream_body(request, run, stream), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def note_error(request: Request, exc: ProxyError) -> JSONResponse:
+    log_fields(request.scope).update(error=exc.code, reason=exc.message)
+    return error_response(exc, door_of(request.url.path))
+
+
+async def on_proxy_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ProxyError)
+    return note_error(request, exc)
+
+
+async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return note_error(request, validation_error(exc))
+
+
+async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 404:
+        return note_error(request, NotFound(f"No route {request.method} {request.url.path[:200]}"))
+    error = InvalidRequest(str(exc.detail))
+    error.status = exc.status_code
+    return note_error(request, error)
+
+
+async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unexpected error on %s %s", request.method, request.url.path[:200])
+    return note_error(request, ProxyError("Internal server error"))
+
+
+def sse(payload: dict[str, Any], event: str | None = None) -> str:
+    """One server-sent event: a line of JSON, under an `event:` name when the protocol names its events."""
+    data = f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
+    return f"event: {event}\n{data}" if event else data
+
+
+# ── 9. OpenAI Chat Completions: parser, renderer, handler ────────────────
+# https://platform.openai.com/docs/api-reference/chat/create
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ImageURL(_Lenient):
+    url: str
+    detail: str | None = None
+
+
+class ContentPart(_Lenient):
+    type: str
+    text: str | None = None
+    image_url: ImageURL | None = None
+
+
+class FunctionCall(_Lenient):
+    name: str
+    arguments: str = ""
+
+
+class ToolCall(_Lenient):
+    id: str
+    type: str = "function"
+    function: FunctionCall
+
+
+class ChatMessage(_Lenient):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+
+class FunctionDef(_Lenient):
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class ToolDef(_Lenient):
+    type: str = "function"
+    function: FunctionDef | None = None
+
+
+class StreamOptions(_Lenient):
+    include_usage: bool = False
+
+
+class ChatRequest(_Lenient):
+    model: str = Field(max_length=MAX_MODEL_ID)
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    tools: list[ToolDef] | None = None
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    n: int | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    # Accepted and ignored: Claude Code has no knob for them.
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+
+
+IGNORED_HINTS = (
+    "temperature", "top_p", "seed", "user", "store", "metadata", "max_tokens", "max_completion_tokens",
+    "reasoning_effort", "parallel_tool_calls", "prompt_cache_key", "frequency_penalty", "presence_penalty", "stop",
+)
+
+
+def check_request(req: ChatRequest) -> list[str]:
+    """Refuse what would silently change meaning; return the hint fields that will be ignored."""
+    if req.n is not None and req.n > 1:
+        raise InvalidRequest("Only n=1 is supported", param="n", code="unsupported_value")
+    if req.logprobs or req.top_logprobs:
+        raise UnsupportedParameter("logprobs are not available from Claude Code", param="logprobs")
+    present = req.model_fields_set | set(req.model_extra or {})
+    return sorted(name for name in present if name in IGNORED_HINTS or name in (req.model_extra or {}))
+
+
+def part_text(part: ContentPart, where: str) -> str:
+    """The text of one content part ("[image]" marks where an image was); other kinds are refused, naming them."""
+    if part.type in ("text", "input_text") and part.text is not None:
+        return part.text
+    if part.type == "image_url" and part.image_url is not None:
+        return "[image]"
+    raise InvalidRequest(f"Unsupported content part type '{part.type}' in {where}", param=where)
+
+
+def content_text(content: str | list[ContentPart] | None, where: str) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(part_text(part, f"{where}.content[{i}]") for i, part in enumerate(content))
+
+
+def chat_turn(message: ChatMessage, where: str) -> Turn:
+    role = "tool" if message.role == "function" else message.role
+    images = tuple(
+        (part.image_url.url, f"{where}.content[{j}]") for j, part in enumerate(message.content)
+        if part.type == "image_url" and part.image_url is not None
+    ) if role == "user" and isinstance(message.content, list) else ()
+    calls = tuple(ToolCallItem(c.id, c.function.name, c.function.arguments) for c in message.tool_calls or [])
+    call_id = message.tool_call_id or (message.name if role == "tool" else None)
+    return Turn(role, content_text(message.content, where), images, calls, call_id)
+
+
+def function_of(tool: ToolDef, where: str) -> FunctionDef:
+    """The function a tool declares, nested as OpenAI sends it or flat as Cursor does."""
+    if tool.type != "function":
+        raise InvalidRequest(f"Unsupported tool type '{tool.type}'; only function tools are supported",
+                             param=f"{where}.type")
+    if tool.function is not None:
+        return tool.function
+    try:
+        return FunctionDef.model_validate(tool.model_extra or {})
+    except ValidationError as exc:
+        raise InvalidRequest(f"Invalid function tool at {where}", param=where) from exc
+
+
+def bridge_tools(req: ChatRequest) -> tuple[str, ...]:
+    """The request's tools as MCP tool definitions, or () when none are exposed."""
+    if not req.tools or req.tool_choice == "none":
+        return ()
+    functions = [function_of(tool, f"tools[{i}]") for i, tool in enumerate(req.tools)]
+    return tuple(mcp_tool(f.name, f.description, f.parameters) for f in functions)
+
+
+def tool_choice_instruction(req: ChatRequest) -> str | None:
+    """What tool_choice "required" or a named function asks of Claude (see tool_instruction)."""
+    choice = req.tool_choice
+    if isinstance(choice, dict):
+        function = choice.get("function")
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise InvalidRequest("tool_choice.function must be an object with a name", param="tool_choice")
+        choice = function["name"]
+    names = [function_of(tool, f"tools[{i}]").name for i, tool in enumerate(req.tools or [])]
+    return tool_instruction(choice, names, "tool_choice")
+
+
+def chat_conversation(req: ChatRequest, settings: Settings) -> Conversation:
+    """The neutral request of a Chat Completions request."""
+    turns = tuple(chat_turn(message, f"messages[{i}]") for i, message in enumerate(req.messages))
+    return Conversation(req.model, resolve_model(req.model, settings), turns, bridge_tools(req),
+                        tool_choice_instruction(req))
+
+
+def openai_usage(tokens: Mapping[str, int], cost: float | None) -> dict[str, Any]:
+    """OpenAI usage from Anthropic token counts.
+
+    prompt_tokens counts every input token the model read: fresh input plus cache reads plus cache writes, so that
+    prompt_tokens >= cached_tokens as OpenAI clients assume. `cost` (Claude Code's total_cost_usd for the run,
+    side requests included) is reported as usage.total_cost_usd.
+    """
+    cached = tokens.get("cache_read_input_tokens", 0)
+    written = tokens.get("cache_creation_input_tokens", 0)
+    prompt = tokens.get("input_tokens", 0) + cached + written
+    completion = tokens.get("output_tokens", 0)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached, "cache_write_tokens": written},
+        "total_cost_usd": cost,
+    }
+
+
+class ChatRenderer:
+    """Chat Completions chunks from answer events, and the completion from the Answer they built.
+
+    The text of successive text blocks (successive assistant turns of an agentic run) is separated by a blank line
+    in both; client tool calls become tool_calls, thinking and tool activity reasoning_content."""
+
+    def __init__(self, model: str, include_usage: bool = False) -> None:
+        self.id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        self.created = int(time.time())
+        self.model = model
+        self.include_usage = include_usage
+        self._last_text: int | None = None  # the text block the last text chunk came from
+        self._calls: dict[int, int] = {}  # block index -> index in tool_calls
+
+    def chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+        return {
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}],
+        }
+
+    def role_chunk(self) -> dict[str, Any]:
+        return self.chunk({"role": "assistant", "content": ""})
+
+    def keepalive_chunk(self) -> dict[str, Any]:
+        return self.chunk({})
+
+    def render(self, event: AnswerEvent, answer: Answer) -> list[dict[str, Any]]:
+        """The chunks of one answer event (often none)."""
+        block = answer.blocks[event.index]
+        if isinstance(event, Started) and block.kind == "tool_call":
+            self._calls[event.index] = len(self._calls)
+            call = {"id": block.call_id, "type": "function", "function": {"name": block.name, "arguments": ""}}
+            return [self.chunk({"tool_calls": [{"index": self._calls[event.index], **call}]})]
+        if not isinstance(event, Delta) or event.signature:
+            return []
+        if block.kind == "tool_call":
+            fragment = {"index": self._calls[event.index], "function": {"arguments": event.text}}
+            return [self.chunk({"tool_calls": [fragment]})]
+        if block.kind == "reasoning":
+            return [self.chunk({"reasoning_content": event.text})]
+        separator = "\n\n" if self._last_text not in (None, event.index) else ""
+        self._last_text = event.index
+        return [self.chunk({"content": separator + event.text})]
+
+    def finish(self, answer: Answer) -> list[dict[str, Any]]:
+        """The finish chunk, and the usage chunk when the client asked for one."""
+        chunks = [self.chunk({}, answer.finish)]
+        if self.include_usage:
+            chunks.append({**self.chunk({}), "choices": [], "usage": openai_usage(answer.tokens, answer.cost)})
+        return chunks
+
+    def completion(self, answer: Answer) -> dict[str, Any]:
+        calls = [{"id": b.call_id, "type": "function", "function": {"name": b.name, "arguments": b.text}}
+                 for b in answer.of_kind("tool_call")]
+        message: dict[str, Any] = {"role": "assistant", "content": answer.text or (None if calls else ""),
+                                   "refusal": None}
+        if calls:
+            message["tool_calls"] = calls
+        if reasoning := "".join(b.text for b in answer.of_kind("reasoning")):
+            message["reasoning_content"] = reasoning
+        return {
+            "id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
+            "choices": [{"index": 0, "message": message, "finish_reason": answer.finish, "logprobs": None}],
+            "usage": openai_usage(answer.tokens, answer.cost),
+        }
+
+
+class ChatStream:
+    """The SSE body of a streamed Chat Completion: chunks as `data:` lines, errors in-stream, then [DONE]."""
+
+    def __init__(self, renderer: ChatRenderer) -> None:
+        self.renderer = renderer
+
+    def opening(self) -> list[str]:
+        return [sse(self.renderer.role_chunk())]
+
+    def frames(self, event: AnswerEvent, answer: Answer) -> list[str]:
+        return [sse(chunk) for chunk in self.renderer.render(event, answer)]
+
+    def keepalive(self) -> list[str]:
+        return [sse(self.renderer.keepalive_chunk())]
+
+    def closing(self, answer: Answer) -> list[str]:
+        return [*map(sse, self.renderer.finish(answer)), SSE_DONE]
+
+    def failure(self, error: ProxyError, answer: Answer) -> list[str]:
+        return [sse(error_envelope(error)), SSE_DONE]
+
+
+async def answer_as_chat(request: Request, conversation: Conversation, stream: bool,
+                         include_usage: bool) -> Response:
+    """A run answering the conversation as a Chat Completion: streamed as chunks, or as one completion."""
+    renderer = ChatRenderer(conversation.model, include_usage)
+    log_fields(request.scope).update(id=renderer.id, model=conversation.model, stream=stream)
+    run = await open_run(request, conversation)
+    if stream:
+        return sse_response(request, run, ChatStream(renderer))
+    answer = await collect(request, run)
+    if answer is None:
+        return Response(status_code=499)
+    # The body goes out first; closing the run (the CLI exiting, or being kept) happens after.
+    return JSONResponse(renderer.completion(answer), background=BackgroundTask(run.close))
+
+
+async def chat_completion(request: Request, body: dict[str, Any]) -> Response:
+    """POST /v1/chat/completions: one Claude Code run (or its continuation), streamed or as one completion."""
+    settings, _ = app_state(request)
+    req = parse_body(ChatRequest, body)
+    if ignored := check_request(req):
+        logger.debug("ignoring request fields: %s", ", ".join(ignored))
+    include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    return await answer_as_chat(request, chat_conversation(req, settings), req.stream, include_usage)
+
+
+# ── 10. The app: health, models, the MCP bridge, routes ──────────────────
 
 
 def model_card(model_id: str) -> dict[str, Any]:
     return {"id": model_id, "object": "model", "created": 1700000000, "owned_by": "claude-code"}
 
 
-async def on_proxy_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ProxyError)
-    return error_response(exc)
-
-
-async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
-    return error_response(validation_error(exc))
-
-
-async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, StarletteHTTPException)
-    if exc.status_code == 404:
-        return error_response(NotFound(f"No route {request.method} {request.url.path}"))
-    error = InvalidRequest(str(exc.detail))
-    error.status = exc.status_code
-    return error_response(error)
-
-
-async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-    logger.exception("unexpected error on %s %s", request.method, request.url.path)
-    return error_response(ProxyError("Internal server error"))
-
-
-def app_state(request: Request) -> tuple[Settings, Runner]:
-    return request.app.state.settings, request.app.state.runner
-
-
 async def health(request: Request) -> dict[str, Any]:
     """Status, the Claude Code CLI and its version (or why there is none); never spawns a run."""
     settings, runner = app_state(request)
-    claude_bin = runner.claude_bin or find_claude(settings.claude_bin)
-    claude: dict[str, Any] = {"found": claude_bin is not None, "path": claude_bin, "version": runner.claude_version}
+    processes = runner.processes
+    claude_bin = processes.claude_bin or find_claude(settings.claude_bin)
+    claude: dict[str, Any] = {"found": claude_bin is not None, "path": claude_bin, "version": processes.claude_version}
     if claude_bin is None:
         claude["error"] = "Claude Code CLI not found: install it or set CLAUDE_BIN"
     return {"status": "ok" if claude_bin else "unavailable", "service": "claude-code-openai-proxy",
@@ -2007,7 +2459,7 @@ async def get_model(model_id: str, request: Request) -> dict[str, Any]:
 async def mcp_endpoint(secret: str, request: Request) -> Response:
     # Claude Code's MCP client calls back here for the client's tools; the unguessable path is the credential.
     settings, runner = app_state(request)
-    bridge = runner.bridges.get(secret)
+    bridge = runner.processes.bridges.get(secret)
     if bridge is None:
         raise NotFound("No such tool bridge")
     message = await read_json(request, settings.max_body_bytes)
@@ -2015,89 +2467,11 @@ async def mcp_endpoint(secret: str, request: Request) -> Response:
     return JSONResponse(reply) if reply is not None else Response(status_code=202)
 
 
-async def user_content(text: str, messages: list[ChatMessage], settings: Settings) -> list[dict[str, Any]]:
-    """The user turn's content blocks: the prompt text, then the images of `messages`."""
-    images = [await fetch_image(url, where, settings) for url, where in image_urls(messages)]
-    return [{"type": "text", "text": text}, *images]
-
-
-async def start_run(req: ChatRequest, settings: Settings, runner: Runner, deadline: float) -> Run:
-    """Continue the parked run this request brings tool results for, or the session of the conversation it
-    continues, or start a new run. Images are read only for the turns actually sent."""
-    model = resolve_model(req.model, settings)
-    tools = bridge_tools(req)
-    prompt = build_prompt(req.messages, settings.system_prompt_mode)
-    keys = prefix_keys(req.model, req.messages)
-    if tools and (run := await runner.resume(req.messages, keys, deadline)):
-        return run
-    system = "\n\n".join(x for x in (prompt.system, tool_choice_instruction(req)) if x) or None
-    launch = Launch(model=model, system_prompt=system, cwd=settings.cwd or None, tools=tools,
-                    persist=settings.sessions)
-    if found := runner.find_conversation(req.messages, keys):
-        new_turns = req.messages[found[1]:]
-        content = await user_content(build_prompt(new_turns, settings.system_prompt_mode).text, new_turns, settings)
-        return await runner.continue_session(found[0], launch, content, deadline, keys[-1])
-    return await runner.start(launch, await user_content(prompt.text, req.messages, settings), deadline, keys[-1])
-
-
-def remember_reply(req: ChatRequest, run: Run, builder: CompletionBuilder) -> None:
-    """Key the conversation with the reply the client got, so that its next turn can continue the session."""
-    if run.keepable and run.done and not builder.tool_calls:
-        reply = ChatMessage(role="assistant", content="".join(builder.text))
-        run.reply_key = conversation_key(req.model, [*req.messages, reply])
-
-
 async def chat_completions(request: Request) -> Response:
-    """POST /v1/chat/completions: one Claude Code run (or its continuation), streamed or as one completion."""
-    started = time.monotonic()
-    settings, runner = app_state(request)
+    """POST /v1/chat/completions."""
+    settings, _ = app_state(request)
     check_token(request, settings.token)
-    req = parse_chat_request(await read_json(request, settings.max_body_bytes))
-    if ignored := check_request(req):
-        logger.debug("ignoring request fields: %s", ", ".join(ignored))
-    builder = CompletionBuilder(req.model, bool(req.stream_options and req.stream_options.include_usage),
-                                settings.show_tool_activity)
-    try:
-        run = await start_run(req, settings, runner, started + settings.timeout)
-        try:
-            await run.prime(settings.keepalive)
-        except BaseException:
-            await run.close()
-            raise
-    except ProxyError as exc:
-        log_request(builder, req.stream, f"{exc.status} {exc.code}", started)
-        raise
-    if req.stream:
-        return stream_response(req, run, builder, settings.keepalive, started)
-    return await json_response(request, req, run, builder, started)
-
-
-def stream_response(req: ChatRequest, run: Run, builder: CompletionBuilder, keepalive: float,
-                    started: float) -> StreamingResponse:
-    def on_end(error: ProxyError | None) -> None:
-        if error is None:
-            remember_reply(req, run, builder)
-        log_request(builder, True, f"200 {error.code}" if error else "200", started)
-
-    return StreamingResponse(stream_body(run, builder, keepalive, on_end), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-
-async def json_response(request: Request, req: ChatRequest, run: Run, builder: CompletionBuilder,
-                        started: float) -> Response:
-    try:
-        completion = await until_disconnect(request, collect(run, builder))
-    except ProxyError as exc:
-        await run.close()
-        log_request(builder, False, f"{exc.status} {exc.code}", started)
-        raise
-    log_request(builder, False, "200" if completion else "499 client gone", started)
-    if completion is None:
-        await run.close()
-        return Response(status_code=499)
-    remember_reply(req, run, builder)
-    # The body goes out first; closing the run (the CLI exiting, or being kept) happens after.
-    return JSONResponse(completion, background=BackgroundTask(run.close))
+    return await chat_completion(request, await read_json(request, settings.max_body_bytes))
 
 
 def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> FastAPI:
@@ -2106,7 +2480,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await runner.probe()
+        await runner.processes.probe()
         maintenance = asyncio.create_task(runner.maintain())
         yield
         maintenance.cancel()
@@ -2118,6 +2492,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     if origins := [o.strip() for o in settings.allowed_origins.split(",") if o.strip()]:
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"], allow_headers=["*"])
     app.add_middleware(BrowserGuard, settings=settings)
+    app.add_middleware(RequestLog)  # outermost: refused requests are logged too
     app.add_exception_handler(ProxyError, on_proxy_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
@@ -2131,7 +2506,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     return app
 
 
-# ── 8. Entry point ───────────────────────────────────────────────────────
+# ── 11. Entry point ─────────────────────────────────────────────────────
 
 
 class ProxyServer(uvicorn.Server):

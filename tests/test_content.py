@@ -10,6 +10,7 @@ import openai
 import pytest
 
 import main
+from test_units import CompletionBuilder
 
 
 def tiny_png() -> bytes:
@@ -43,11 +44,11 @@ def test_activity_is_reasoning_only_when_enabled() -> None:
         {"type": "user", "parent_tool_use_id": None, "message": {"content": [
             {"type": "tool_result", "tool_use_id": "t1", "content": "x\ny", "is_error": False}]}},
     ]
-    shown = main.CompletionBuilder("m", show_activity=True)
+    shown = CompletionBuilder("m", show_activity=True)
     chunks = [c for e in events for c in shown.feed(e)]
     assert [c["choices"][0]["delta"] for c in chunks] == [{"reasoning_content": "\nBash: ls\n"},
                                                           {"reasoning_content": "→ exit 0, 2 lines\n"}]
-    hidden = main.CompletionBuilder("m")
+    hidden = CompletionBuilder("m")
     assert [c for e in events for c in hidden.feed(e)] == []
 
 

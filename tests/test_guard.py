@@ -120,7 +120,7 @@ def test_browser_shaped_requests_are_refused_and_no_cors_headers_are_sent(make_f
         assert response.status_code == 403, response.text
         assert not any(h.startswith("access-control-") for h in response.headers)
     assert fake_claude_calls(fake_claude_log) == []
-    assert "refused POST /v1/chat/completions" in proxy.output()
+    assert "POST /v1/chat/completions status=403" in proxy.output() and "error=refused" in proxy.output()
 
 
 def test_an_allowed_origin_gets_cors(make_fake_proxy, fake_claude_log) -> None:

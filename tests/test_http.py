@@ -193,7 +193,7 @@ def test_timeout_is_504_and_the_cli_is_stopped(make_fake_proxy, fake_claude_log)
 
 
 def test_silence_gets_keepalive_chunks_then_an_in_stream_timeout(make_fake_proxy) -> None:
-    proxy = make_fake_proxy(fake_claude_mode="hang", claude_timeout=2, claude_keepalive=0.3)
+    proxy = make_fake_proxy(fake_claude_mode="hang", claude_timeout=2, claude_keepalive=0.3, claude_prime_window=0.3)
     with httpx.stream("POST", proxy.url + CHAT, json={**HELLO, "stream": True}, timeout=30) as response:
         assert response.status_code == 200
         events = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
@@ -232,7 +232,7 @@ def test_each_request_is_logged_once_without_prompt_text(make_fake_proxy) -> Non
     proxy = make_fake_proxy()
     proxy.client().chat.completions.create(model="claude-code",
                                            messages=[{"role": "user", "content": "secret-prompt-words"}])
-    assert wait_until(lambda: "status=200" in proxy.output())
+    assert wait_until(lambda: "POST /v1/chat/completions status=200" in proxy.output())
     lines = [line for line in proxy.output().splitlines() if "model=claude-code" in line]
-    assert len(lines) == 1 and "stream=False" in lines[0] and "prompt_tokens=6" in lines[0]
+    assert len(lines) == 1 and "stream=False" in lines[0] and "input_tokens=6" in lines[0]
     assert "secret-prompt-words" not in proxy.output()

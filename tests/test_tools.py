@@ -69,13 +69,20 @@ def test_trailing_tool_results_and_conversation_keys() -> None:
             {"id": "a", "type": "function", "function": {"name": "f", "arguments": '{"x": 1, "y": 2}'}}]},
         {"role": "tool", "tool_call_id": "a", "content": [{"type": "text", "text": "one"}]},
     )]
-    assert main.trailing_tool_results(convo) == {"a": "one"}
-    assert main.trailing_tool_results(convo[:2]) == {}
+    def conversation(chat_messages: list[ChatMessage], model: str = "m") -> main.Conversation:
+        return main.chat_conversation(ChatRequest(model=model, messages=chat_messages),
+                                      main.Settings(model_name=model))
+
+    def key(model: str, chat_messages: list[ChatMessage]) -> str:
+        return conversation(chat_messages, model).keys[-1]
+
+    assert {k: t.text for k, t in conversation(convo).tool_results().items()} == {"a": "one"}
+    assert conversation(convo[:2]).tool_results() == {}
     reformatted = [convo[0], ChatMessage.model_validate({"role": "assistant", "content": "", "tool_calls": [
         {"id": "a", "type": "function", "function": {"name": "f", "arguments": '{"y":2,"x":1}'}}]})]
-    assert main.conversation_key("m", convo[:2]) == main.conversation_key("m", reformatted)
-    assert main.conversation_key("m", convo[:2]) != main.conversation_key("other", convo[:2])
-    assert main.conversation_key("m", convo[:1]) != main.conversation_key("m", convo[:2])
+    assert key("m", convo[:2]) == key("m", reformatted)
+    assert key("m", convo[:2]) != key("other", convo[:2])
+    assert key("m", convo[:1]) != key("m", convo[:2])
 
 
 def test_mcp_answers() -> None:

@@ -9,11 +9,41 @@ import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 import main
-from main import ChatMessage, ChatRequest, CompletionBuilder, Launch, Settings
+from main import ChatMessage, ChatRequest, Launch, Settings
 
 
 def messages(*pairs: tuple[str, object]) -> list[ChatMessage]:
     return [ChatMessage.model_validate({"role": role, "content": content}) for role, content in pairs]
+
+
+def turns(chat_messages: list[ChatMessage]) -> list[main.Turn]:
+    return [main.chat_turn(message, f"messages[{i}]") for i, message in enumerate(chat_messages)]
+
+
+def prompt_of(chat_messages: list[ChatMessage], mode: str) -> main.Prompt:
+    return main.build_prompt(turns(chat_messages), mode)
+
+
+class CompletionBuilder:
+    """CLI events through the Interpreter into the Chat Completions renderer, as a run and its request do."""
+
+    def __init__(self, model: str, include_usage: bool = False, show_activity: bool = False) -> None:
+        self.interpreter = main.Interpreter(show_activity)
+        self.renderer = main.ChatRenderer(model, include_usage)
+        self.id, self.created = self.renderer.id, self.renderer.created
+
+    def role_chunk(self) -> dict:
+        return self.renderer.role_chunk()
+
+    def feed(self, event: dict) -> list[dict]:
+        answer_events = self.interpreter.feed(event)
+        return [chunk for e in answer_events for chunk in self.renderer.render(e, self.interpreter.answer)]
+
+    def finish(self) -> list[dict]:
+        return self.renderer.finish(self.interpreter.answer)
+
+    def completion(self) -> dict:
+        return self.renderer.completion(self.interpreter.answer)
 
 
 # ── settings ──
@@ -67,25 +97,25 @@ def test_find_claude_prefers_the_configured_path(tmp_path) -> None:
 
 
 def test_single_user_turn_is_sent_verbatim() -> None:
-    prompt = main.build_prompt(messages(("user", "--help")), "append")
+    prompt = prompt_of(messages(("user", "--help")), "append")
     assert prompt == main.Prompt(None, "--help")
 
 
 def test_system_and_developer_messages_become_the_system_prompt() -> None:
-    prompt = main.build_prompt(messages(("system", "Be brief."), ("developer", "Use French."), ("user", "hi")),
+    prompt = prompt_of(messages(("system", "Be brief."), ("developer", "Use French."), ("user", "hi")),
                                "append")
     assert prompt.system == "Be brief.\n\nUse French."
     assert prompt.text == "hi"
 
 
 def test_inline_mode_puts_the_system_text_at_the_top_of_the_user_turn() -> None:
-    prompt = main.build_prompt(messages(("system", "Be brief."), ("user", "hi")), "inline")
+    prompt = prompt_of(messages(("system", "Be brief."), ("user", "hi")), "inline")
     assert prompt.system is None
     assert prompt.text == "<instructions>\nBe brief.\n</instructions>\n\nhi"
 
 
 def test_history_becomes_a_transcript_with_the_last_user_turn_last() -> None:
-    prompt = main.build_prompt(messages(("user", "My name is Ada."), ("assistant", "Hello Ada."),
+    prompt = prompt_of(messages(("user", "My name is Ada."), ("assistant", "Hello Ada."),
                                         ("user", "What is my name?")), "append")
     assert prompt.text == (
         "<conversation>\n<user>\nMy name is Ada.\n</user>\n<assistant>\nHello Ada.\n</assistant>\n</conversation>"
@@ -100,7 +130,7 @@ def test_tool_calls_and_results_are_rendered_in_the_transcript() -> None:
             {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}]}),
         ChatMessage(role="tool", content="21C", tool_call_id="call_1"),
     ]
-    text = main.build_prompt(convo, "append").text
+    text = prompt_of(convo, "append").text
     assert '<tool_call id="call_1" name="get_weather">{}</tool_call>' in text
     assert '<tool_result tool_call_id="call_1">\n21C\n</tool_result>' in text
     assert text.endswith("Continue the conversation above from where it ends.")
@@ -109,7 +139,7 @@ def test_tool_calls_and_results_are_rendered_in_the_transcript() -> None:
 def test_text_parts_are_joined_and_assistant_null_content_is_allowed() -> None:
     convo = messages(("user", [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]),
                      ("assistant", None), ("user", "c"))
-    assert "<user>\nab\n</user>\n<assistant>\n\n</assistant>" in main.build_prompt(convo, "append").text
+    assert "<user>\nab\n</user>\n<assistant>\n\n</assistant>" in prompt_of(convo, "append").text
 
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 20).decode()
@@ -119,8 +149,8 @@ def test_image_parts_are_marked_in_the_text_and_collected_in_order() -> None:
     convo = messages(("user", [{"type": "text", "text": "compare "},
                                {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},
                                {"type": "image_url", "image_url": {"url": "https://example.com/b.jpg"}}]))
-    assert main.build_prompt(convo, "append").text == "compare [image][image]"
-    assert main.image_urls(convo) == [(f"data:image/png;base64,{PNG}", "messages[0].content[1]"),
+    assert prompt_of(convo, "append").text == "compare [image][image]"
+    assert [place for turn in turns(convo) for place in turn.images] == [(f"data:image/png;base64,{PNG}", "messages[0].content[1]"),
                                       ("https://example.com/b.jpg", "messages[0].content[2]")]
 
 
@@ -143,14 +173,14 @@ def test_bad_images_are_refused(url: str, reason: str) -> None:
 def test_unknown_part_types_are_refused_naming_the_part() -> None:
     convo = messages(("user", [{"type": "input_audio", "input_audio": {}}]))
     with pytest.raises(main.InvalidRequest) as raised:
-        main.build_prompt(convo, "append")
+        prompt_of(convo, "append")
     assert "input_audio" in raised.value.message
     assert raised.value.param == "messages[0].content[0]"
 
 
 def test_a_conversation_without_a_user_message_is_refused() -> None:
     with pytest.raises(main.InvalidRequest):
-        main.build_prompt(messages(("system", "x"), ("assistant", "y")), "append")
+        prompt_of(messages(("system", "x"), ("assistant", "y")), "append")
 
 
 @pytest.mark.parametrize("model,expected", [("claude-code", None), ("opus", "opus"), ("sonnet", "sonnet"),
