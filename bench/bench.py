@@ -4,7 +4,8 @@
     .venv/bin/python bench/bench.py [--runs N] [--json PATH]
 
 Everything runs on this machine against the scripted fake Anthropic API (tests/fake_anthropic.py) and the real,
-pinned Claude Code CLI (tests/.cli, installed by ./tests/run.sh; this script installs it the same way if missing).
+pinned Claude Code CLI (tests/.cli, installed by ./tests/run.sh; this script runs `./tests/run.sh --install-only`
+first, which installs only what is missing). The proxy is started as the tests start it (tests/proxy_harness.py).
 No traffic leaves 127.0.0.1, so what is measured is the CLI's and the proxy's own overhead, not a model.
 
 1. Latency, N runs of each after one warm-up, interleaved round by round so drift hits all alike:
@@ -21,7 +22,8 @@ No traffic leaves 127.0.0.1, so what is measured is the CLI's and the proxy's ow
        to its stdin, timed from the write: the floor for (c).
    Before every run all processes of the bench are left to go quiet, so one run's clean-up does not slow the next.
    Targets (ratios of medians, first token and total): (c)/(a) <= 0.2 and (b)/(a) <= 1.05.
-2. Throughput: one long streamed answer (--long-words words, one text delta each) through the proxy with the pool
+2. Throughput: one long streamed answer (--long-words words, one text delta each: the fake runs with max_deltas=None,
+   like a real model's token stream) through the proxy with the pool
    off: content chunks per second at the client, and the proxy process's own CPU time per chunk (user + system,
    its children excluded). The same answer from `claude -p` directly gives the CLI's own rate for comparison.
 3. Memory: --streams concurrent streamed requests that drip their answers so they overlap (CLAUDE_MAX_CONCURRENCY
@@ -39,10 +41,7 @@ import json
 import math
 import os
 import platform
-import re
-import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -58,7 +57,11 @@ import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 TESTS = REPO / "tests"
-CLI_VERSION = "2.1.197"  # the version ./tests/run.sh pins
+sys.path.insert(0, str(TESTS))  # the helpers shared with the tests
+
+import proxy_harness  # noqa: E402
+from fake_anthropic import FakeAnthropic, cli_environment  # noqa: E402
+
 PINNED_CLI = TESTS / ".cli/node_modules/.bin/claude"
 MODEL = "claude-code"
 PROMPT = "Say hello."
@@ -78,12 +81,6 @@ REQUEST_TIMEOUT = 120.0
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def median(values: list[float]) -> float:
@@ -133,29 +130,17 @@ def wait_quiet(roots: list[psutil.Process], timeout: float = 15.0, window: float
     return time.monotonic() - start
 
 
-def bench_env(home: Path, base_url: str) -> dict[str, str]:
-    """The CLI's environment, the same as the tests' (tests/fake_anthropic.py: cli_environment)."""
-    sys.path.insert(0, str(TESTS))
-    from fake_anthropic import cli_environment
-
-    return cli_environment(str(home), base_url)
-
-
 def find_cli(explicit: str | None) -> str:
-    """The CLI to drive: --claude, else $TEST_CLAUDE_BIN, else the pinned one (installed like ./tests/run.sh)."""
+    """The CLI to drive: --claude, else $TEST_CLAUDE_BIN, else the pinned one (./tests/run.sh --install-only)."""
     for path in (explicit, os.environ.get("TEST_CLAUDE_BIN")):
         if path:
             if not (os.path.isfile(path) and os.access(path, os.X_OK)):
                 sys.exit(f"not an executable Claude Code CLI: {path}")
             return path
-    if cli_version(str(PINNED_CLI)).split(" ")[0] != CLI_VERSION:
-        if shutil.which("npm") is None:
-            sys.exit("The pinned Claude Code CLI is missing and npm is not installed: run ./tests/run.sh once "
-                     "(it needs npm), or pass --claude PATH.")
-        log(f"installing @anthropic-ai/claude-code@{CLI_VERSION} into tests/.cli (as ./tests/run.sh does) ...")
-        (TESTS / ".cli").mkdir(exist_ok=True)
-        subprocess.run(["npm", "install", "--silent", "--no-audit", "--no-fund", "--no-save", "--prefix",
-                        str(TESTS / ".cli"), f"@anthropic-ai/claude-code@{CLI_VERSION}"], check=True)
+    # The one place that pins and installs it; a no-op when tests/.cli already holds the pinned packages.
+    if subprocess.run(["bash", str(TESTS / "run.sh"), "--install-only"]).returncode != 0:
+        sys.exit("./tests/run.sh --install-only failed to install the pinned Claude Code CLI (it needs npm); "
+                 "or pass --claude PATH.")
     return str(PINNED_CLI)
 
 
@@ -183,20 +168,10 @@ def git_state() -> str:
 def serve_fake_api() -> None:
     """Run tests/fake_anthropic.py's server until stdin closes; print its base URL first.
 
-    It runs in its own process so that its threads do not compete with the timing client for the GIL. One change,
-    for the throughput part: the fake cuts any answer into at most 64 deltas; here an answer of more than 64 words
-    streams one delta per word, like a real model's token stream."""
-    sys.path.insert(0, str(TESTS))
-    import fake_anthropic
-
-    split_text = fake_anthropic.split_text
-
-    def one_delta_per_word(text: str) -> list[str]:
-        words = re.findall(r"\s*\S+\s*", text)
-        return words if len(words) > 64 else split_text(text)
-
-    fake_anthropic.split_text = one_delta_per_word
-    fake = fake_anthropic.FakeAnthropic().start()
+    It runs in its own process so that its threads do not compete with the timing client for the GIL. For the
+    throughput part, it streams one delta per word however long the answer (the tests' fake cuts any answer into
+    at most 64 deltas), like a real model's token stream."""
+    fake = FakeAnthropic(max_deltas=None).start()
     print(fake.base_url, flush=True)
     try:
         sys.stdin.read()  # EOF: the bench is done (or died)
@@ -235,31 +210,17 @@ class FakeApi:
 # ── The proxy ──────────────────────────────────────────────────────────────
 
 
-class Proxy:
-    """`python main.py` on a free loopback port."""
+class Proxy(proxy_harness.Proxy):
+    """`python main.py` (or --main) on a free loopback port, started as the tests start it; with an HTTP client."""
 
     def __init__(self, name: str, env: dict[str, str], log_path: Path, script: Path) -> None:
+        super().__init__({**env, "PROXY_HOST": "127.0.0.1"}, log_path, script=script)  # on a free port
         self.name = name
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self.log = open(log_path, "wb")
-        env = {**env, "PROXY_HOST": "127.0.0.1", "PROXY_PORT": str(self.port)}
-        self.proc = subprocess.Popen([sys.executable, str(script)], env=env, cwd=REPO, stdout=self.log,
-                                     stderr=subprocess.STDOUT)
-        self.ps = psutil.Process(self.proc.pid)
         self.http = httpx.Client(timeout=REQUEST_TIMEOUT, trust_env=False)
 
     def wait_ready(self, timeout: float = 30) -> Proxy:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"proxy {self.name} exited with {self.proc.returncode}:\n{self.output()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if self.http.get(self.url + "/", timeout=2).status_code == 200:
-                    return self
-            time.sleep(0.1)
-        raise RuntimeError(f"proxy {self.name} did not start:\n{self.output()}")
+        super().wait_ready(timeout)
+        return self
 
     def health(self) -> dict[str, Any]:
         return self.http.get(self.url + "/", timeout=5).json()
@@ -270,19 +231,11 @@ class Proxy:
         return pool.get("idle") if isinstance(pool, dict) else None
 
     def output(self) -> str:
-        self.log.flush()
-        return self.log_path.read_text(errors="replace")[-4000:]
+        return super().output()[-4000:]
 
-    def stop(self) -> None:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
         self.http.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
+        return super().stop(sig, timeout)
 
 
 class StreamResult:
@@ -451,7 +404,7 @@ class Bench:
         home.mkdir()
         (self.root / "runs").mkdir()
         self.fake = FakeApi(self.root / "fake-api.log")
-        self.env = bench_env(home, self.fake.base_url)
+        self.env = cli_environment(str(home), self.fake.base_url)
 
     def pool_off(self) -> Proxy:
         """The proxy without a pool (latency (b), throughput, memory), started on first use."""

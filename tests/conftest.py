@@ -11,6 +11,16 @@ import pytest
 from fake_anthropic import FakeAnthropic, cli_environment
 
 REPO = Path(__file__).resolve().parent.parent
+E2E_FIXTURES = {"claude_bin", "cli_env"}  # make_proxy uses both
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that drives the real Claude Code CLI (through these fixtures) `e2e`, new ones included:
+    `./tests/run.sh -m "not e2e"` runs only the fast tests."""
+    for item in items:
+        if E2E_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture(scope="session")

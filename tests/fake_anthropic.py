@@ -164,14 +164,20 @@ def find_tool(tools: list[dict], name: str) -> str | None:
     return None
 
 
-def split_text(text: str) -> list[str]:
-    """Pieces that join back to ``text``: words with their trailing spaces, at least two when len(text) > 3."""
+MAX_DELTAS = 64  # the default cap on the deltas of one block (FakeAnthropic(max_deltas=...))
+
+
+def split_text(text: str, max_pieces: int | None = MAX_DELTAS) -> list[str]:
+    """Pieces that join back to ``text``: words with their trailing spaces, at least two when len(text) > 3.
+
+    More than ``max_pieces`` words are cut into ``max_pieces`` equal pieces instead (big answers: keep the event
+    count sane); ``None``: no cap, one piece per word, like a real model's token stream (bench/bench.py)."""
     pieces = re.findall(r"\s*\S+\s*", text) or ([text] if text else [])
     if len(pieces) < 2 and len(text) > 3:
         half = len(text) // 2
         pieces = [text[:half], text[half:]]
-    if len(pieces) > 64:  # big answers (e.g. long replies): keep the event count sane
-        size = -(-len(text) // 64)
+    if max_pieces is not None and len(pieces) > max_pieces:
+        size = -(-len(text) // max_pieces)
         pieces = [text[i : i + size] for i in range(0, len(text), size)]
     return pieces
 
@@ -269,8 +275,8 @@ def error_body(status: int) -> dict:
     return {"type": "error", "error": {"type": kind, "message": f"fake {status} error"}, "request_id": "req_fake"}
 
 
-def sse_events(plan: Plan, message_id: str, model: str) -> list[dict]:
-    """The Anthropic streaming events for a plan, in order."""
+def sse_events(plan: Plan, message_id: str, model: str, max_deltas: int | None = MAX_DELTAS) -> list[dict]:
+    """The Anthropic streaming events for a plan, in order (text and thinking in at most ``max_deltas`` deltas)."""
     start_usage = dict(plan.usage, output_tokens=1)
     events: list[dict] = [{"type": "message_start", "message": {
         "id": message_id, "type": "message", "role": "assistant", "model": model, "content": [],
@@ -278,10 +284,10 @@ def sse_events(plan: Plan, message_id: str, model: str) -> list[dict]:
     for index, block in enumerate(plan.blocks):
         if block["type"] == "text":
             start = {"type": "text", "text": ""}
-            deltas = [{"type": "text_delta", "text": p} for p in split_text(block["text"])]
+            deltas = [{"type": "text_delta", "text": p} for p in split_text(block["text"], max_deltas)]
         elif block["type"] == "thinking":
             start = {"type": "thinking", "thinking": "", "signature": ""}
-            deltas = [{"type": "thinking_delta", "thinking": p} for p in split_text(block["thinking"])]
+            deltas = [{"type": "thinking_delta", "thinking": p} for p in split_text(block["thinking"], max_deltas)]
             deltas.append({"type": "signature_delta", "signature": block["signature"]})
         else:
             start = {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}
@@ -448,7 +454,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.flush()
             self._wait(plan.slow)
-            for event in sse_events(plan, message_id, model):
+            for event in sse_events(plan, message_id, model, fake.max_deltas):
                 if event["type"] == "content_block_delta" and plan.drip:
                     self._wait(plan.drip)
                 self._write_chunk(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode())
@@ -471,9 +477,13 @@ class FakeAnthropic:
     "aborted": True when the client hung up before the answer was complete.
     ``other_requests``: every other request as {"method", "path", "time"} (the HEAD / preflight, count_tokens, ...).
     ``unexpected``: "METHOD PATH" of every request answered 404, and bad directives; tests should assert it is empty.
+
+    ``max_deltas``: the most text or thinking deltas one streamed block is cut into (default 64); ``None`` streams
+    one delta per word however long the answer (bench/bench.py's throughput part).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_deltas: int | None = MAX_DELTAS) -> None:
+        self.max_deltas = max_deltas
         self.base_url = ""
         self.requests: list[dict] = []
         self.other_requests: list[dict] = []

@@ -1,7 +1,11 @@
-"""Runs main.py as a real server process on loopback, as users run it, for HTTP and end-to-end tests."""
+"""Runs main.py as a real server process on loopback, as users run it, for HTTP and end-to-end tests and bench/.
+
+Also sets up the Codex CLI (tests/.cli, pinned by ./tests/run.sh) to talk to a local server: codex_environment()."""
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import socket
 import subprocess
@@ -24,14 +28,17 @@ def free_port() -> int:
 
 
 class Proxy:
-    """A started `python main.py` with the given environment; stop() ends it and reports leftover processes."""
+    """A started `python main.py` with the given environment; stop() ends it and reports leftover processes.
 
-    def __init__(self, env: dict[str, str], log_path: Path, args: tuple[str, ...] = ()) -> None:
+    `script`: another copy of main.py to run (bench/bench.py --main)."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, args: tuple[str, ...] = (),
+                 script: Path = REPO / "main.py") -> None:
         self.port = int(env.get("PROXY_PORT") or free_port())
         self.env = {**env, "PROXY_PORT": str(self.port)}
         self.log_path = log_path
         self.log = open(log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, str(REPO / "main.py"), *args], env=self.env, cwd=REPO,
+        self.proc = subprocess.Popen([sys.executable, str(script), *args], env=self.env, cwd=REPO,
                                      stdout=self.log, stderr=subprocess.STDOUT)
         self.ps = psutil.Process(self.proc.pid)
         self.url = f"http://127.0.0.1:{self.port}"
@@ -95,3 +102,54 @@ def processes_matching(text: str) -> list[psutil.Process]:
         except psutil.Error:
             continue
     return found
+
+
+# ── The Codex CLI ──────────────────────────────────────────────────────────
+
+CODEX_BIN = str(REPO / "tests/.cli/node_modules/.bin/codex")  # @openai/codex, pinned by ./tests/run.sh
+CODEX_KEY_VARIABLE = "CODEX_PROXY_TEST_KEY"
+
+
+def codex_environment(folder: Path, base_url: str, api_key: str = "unused",
+                      model: str = "claude-code") -> dict[str, str]:
+    """An environment for `codex exec` against a local Responses API at `base_url` (".../v1"), offline.
+
+    Writes `folder`/codex-home/config.toml (CODEX_HOME): a custom provider `proxy` (wire_api "responses", its key
+    from $CODEX_PROXY_TEST_KEY, sent as `Authorization: Bearer`), no retries, and update checks, analytics, plugins
+    and apps off. HOME is `folder` too, so no dotfiles of the developer are read (Codex runs its commands with
+    `bash -lc`), and nothing Codex-, OpenAI-, Claude- or proxy-related is inherited.
+
+    Run it as `codex exec --skip-git-repo-check --ephemeral --sandbox danger-full-access --output-last-message FILE
+    PROMPT` with stdin closed (exec also reads stdin when it is not a terminal). Measured with Codex 0.169.0: one
+    POST {base_url}/responses per model turn, no other traffic (it only connects to base_url); on stderr a
+    warning that the model's metadata is unknown, and one that it will not create PATH helpers under /tmp."""
+    home = folder / "codex-home"
+    home.mkdir(parents=True, exist_ok=True)
+    config = f"""\
+model = {json.dumps(model)}
+model_provider = "proxy"
+check_for_update_on_startup = false
+
+[analytics]
+enabled = false
+
+[features]
+plugins = false
+remote_plugin = false
+apps = false
+
+[model_providers.proxy]
+name = "proxy"
+base_url = {json.dumps(base_url)}
+wire_api = "responses"
+env_key = "{CODEX_KEY_VARIABLE}"
+request_max_retries = 0
+stream_max_retries = 0
+"""
+    (home / "config.toml").write_text(config)
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("CODEX_", "OPENAI_", "CLAUDE", "ANTHROPIC_", "PROXY_"))}
+    no_proxy = ",".join(filter(None, [env.get("NO_PROXY") or env.get("no_proxy"), "127.0.0.1,localhost"]))
+    env.update(HOME=str(folder), CODEX_HOME=str(home), NO_PROXY=no_proxy, no_proxy=no_proxy)
+    env[CODEX_KEY_VARIABLE] = api_key
+    return env

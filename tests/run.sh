@@ -1,30 +1,49 @@
 #!/usr/bin/env bash
 # The test command: sets up everything on a fresh machine, then runs the whole suite.
-#   ./tests/run.sh            all tests (unit, HTTP, end-to-end with the real Claude Code CLI)
-#   ./tests/run.sh -k stream  extra arguments go to pytest
+#   ./tests/run.sh                 all tests (unit, HTTP, end-to-end with the real Claude Code CLI)
+#   ./tests/run.sh -m "not e2e"    only the fast ones: no real Claude Code CLI (the e2e marker, see tests/conftest.py)
+#   ./tests/run.sh -k stream       extra arguments go to pytest
+#   ./tests/run.sh --install-only  install what the tests need, run nothing (bench/bench.py uses this)
+# Packages are installed only when their pins changed: stamps in .venv and tests/.cli hold what was installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CLAUDE_CLI_VERSION="2.1.197"   # the pinned @anthropic-ai/claude-code the end-to-end tests drive
-OPENAI_NODE_VERSION="7.57.0"   # the OpenAI Node SDK tests/test_clients.py drives
-OPENCLAW_AI_VERSION="2026.9.6" # OpenClaw's provider library (brings its own openai 7.15.0), ditto
+# The Node clients the tests drive (tests/clients/*.mjs), as exact npm specs:
+NODE_CLIENTS=(
+  "openai@7.57.0"              # the OpenAI Node SDK
+  "@openclaw/ai@2026.9.6"      # OpenClaw's provider library (brings its own openai 7.15.0)
+  "ai@7.0.173"                 # the Vercel AI SDK (declares node>=22; installs with a warning and works on 20)
+  "@ai-sdk/openai@4.0.118"
+  "@ai-sdk/anthropic@4.0.105"
+  "@openai/codex@0.169.0"      # the Codex CLI (a prebuilt binary inside the npm package)
+)
 
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+py_stamp=.venv/.test-requirements.sha256
+py_wanted="$(cat requirements.txt tests/requirements.txt | sha256sum | cut -d' ' -f1)"
+if [ "$(cat "$py_stamp" 2>/dev/null)" != "$py_wanted" ]; then
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+  echo "$py_wanted" > "$py_stamp"
+fi
 
 cli_dir="tests/.cli"
-node_package_version() { node -p "require('./$cli_dir/node_modules/$1/package.json').version" 2>/dev/null || true; }
-if [ "$("$cli_dir/node_modules/.bin/claude" --version 2>/dev/null | cut -d' ' -f1)" != "$CLAUDE_CLI_VERSION" ] ||
-   [ "$(node_package_version openai)" != "$OPENAI_NODE_VERSION" ] ||
-   [ "$(node_package_version @openclaw/ai)" != "$OPENCLAW_AI_VERSION" ]; then
+npm_specs="@anthropic-ai/claude-code@$CLAUDE_CLI_VERSION ${NODE_CLIENTS[*]}"
+npm_stamp="$cli_dir/.installed-npm-specs"
+if [ "$(cat "$npm_stamp" 2>/dev/null)" != "$npm_specs" ] || [ ! -x "$cli_dir/node_modules/.bin/claude" ]; then
   command -v npm >/dev/null || { echo "npm is needed to install the Claude Code CLI and the Node clients for the end-to-end tests" >&2; exit 1; }
   mkdir -p "$cli_dir"
+  rm -f "$npm_stamp"
   # One command for all: an install without --save removes what it was not given.
-  npm install --silent --no-audit --no-fund --no-save --prefix "$cli_dir" "@anthropic-ai/claude-code@$CLAUDE_CLI_VERSION" \
-    "openai@$OPENAI_NODE_VERSION" "@openclaw/ai@$OPENCLAW_AI_VERSION"
+  # shellcheck disable=SC2086  # the specs are words without spaces
+  npm install --loglevel=error --no-audit --no-fund --no-save --prefix "$cli_dir" $npm_specs
+  echo "$npm_specs" > "$npm_stamp"
 fi
 export TEST_CLAUDE_BIN="$PWD/$cli_dir/node_modules/.bin/claude"
 
+if [ "${1:-}" = "--install-only" ]; then
+  exit 0
+fi
 exec .venv/bin/python -m pytest "$@"

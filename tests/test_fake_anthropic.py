@@ -269,6 +269,20 @@ def test_tool_directive_parallel_tool_use_and_results(fake_api):
     assert message["stop_reason"] == "end_turn" and message["usage"]["output_tokens"] == 5
 
 
+def test_long_answers_are_capped_at_64_deltas_unless_max_deltas_is_none(fake_api):
+    text = " ".join(f"w{i}" for i in range(200))
+
+    def deltas(fake: FakeAnthropic) -> list[str]:
+        return [d["delta"]["text"] for name, d in post_sse(fake, user_body(f"[[reply:{text}]]"))
+                if name == "content_block_delta"]
+
+    capped = deltas(fake_api)
+    assert len(capped) == 64 and "".join(capped) == text
+    with FakeAnthropic(max_deltas=None) as uncapped:  # bench/bench.py: one delta per word
+        per_word = deltas(uncapped)
+    assert len(per_word) == 200 and "".join(per_word) == text
+
+
 def test_tool_directive_missing_tool(fake_api):
     blocks, stop_reason = assemble(post_sse(fake_api, user_body("[[tool:nope]]", tools=TOOLS)))
     assert (blocks, stop_reason) == ([{"type": "text", "text": "NO TOOL nope"}], "end_turn")
