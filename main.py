@@ -2424,7 +2424,334 @@ async def chat_completion(request: Request, body: dict[str, Any]) -> Response:
     return await answer_as_chat(request, chat_conversation(req, settings), req.stream, include_usage)
 
 
-# ── 10. The app: health, models, the MCP bridge, routes ──────────────────
+# ── 10. OpenAI Responses: parser, renderer, handler ───────────────────────
+# https://platform.openai.com/docs/api-reference/responses/create — Codex, the Vercel AI SDK, the Agents SDK.
+
+
+class ResponsesRequest(_Lenient):
+    model: str = Field(max_length=MAX_MODEL_ID)
+    input: str | list[Any] = Field(default_factory=list)
+    instructions: str | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    stream: bool = False
+    previous_response_id: str | None = None
+    # Accepted and echoed, without effect on Claude Code.
+    max_output_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    metadata: dict[str, Any] | None = None
+    store: bool | None = None
+    reasoning: dict[str, Any] | None = None
+    text: dict[str, Any] | None = None
+
+
+class ResponseStore:
+    """The responses this proxy issued, the most recent `limit`: the conversation each one ends (what
+    previous_response_id continues) and its output items by id (what an item_reference stands for)."""
+
+    def __init__(self, limit: int = MAX_SESSIONS) -> None:
+        self.limit = limit
+        self._conversations: dict[str, tuple[Turn, ...]] = {}
+        self._items: dict[str, tuple[str, dict[str, Any]]] = {}  # item id -> (response id, item)
+
+    def remember(self, response_id: str, turns: tuple[Turn, ...], items: list[dict[str, Any]]) -> None:
+        self._conversations[response_id] = turns
+        self._items.update((item["id"], (response_id, item)) for item in items)
+        while len(self._conversations) > self.limit:
+            oldest = next(iter(self._conversations))
+            del self._conversations[oldest]
+            self._items = {k: v for k, v in self._items.items() if v[0] != oldest}
+
+    def conversation(self, response_id: str) -> tuple[Turn, ...]:
+        if response_id not in self._conversations:
+            raise InvalidRequest(f"Previous response '{response_id[:100]}' not found: this proxy did not issue it or "
+                                 "has forgotten it; send the whole conversation in input",
+                                 param="previous_response_id", code="previous_response_not_found")
+        return self._conversations[response_id]
+
+    def item(self, item_id: Any, where: str) -> dict[str, Any]:
+        if not isinstance(item_id, str) or item_id not in self._items:
+            raise InvalidRequest(f"Item '{str(item_id)[:100]}' in {where} not found: this proxy did not issue it or "
+                                 "has forgotten it; send the item itself", param=where)
+        return self._items[item_id][1]
+
+
+def input_part_text(part: Any, role: str, where: str) -> tuple[str, tuple[str, str] | None]:
+    """The text of one content part of an input message, and its image (url, where) if it is one."""
+    kind = part.get("type") if isinstance(part, dict) else None
+    if kind in ("input_text", "output_text", "text") and isinstance(part.get("text"), str):
+        return part["text"], None
+    if kind == "refusal" and isinstance(part.get("refusal"), str):
+        return part["refusal"], None
+    if kind == "input_image" and role == "user":
+        url = part.get("image_url")
+        url = url.get("url") if isinstance(url, dict) else url
+        if not isinstance(url, str):
+            raise InvalidRequest(f"Only image_url images are supported (no file_id) in {where}", param=where)
+        return "[image]", (url, where)
+    raise InvalidRequest(f"Unsupported content part {str(kind)[:50]!r} in {where}", param=where)
+
+
+def message_turn(item: dict[str, Any], where: str) -> Turn:
+    role, content = item.get("role"), item.get("content")
+    if role not in ("user", "assistant", "system", "developer"):
+        raise InvalidRequest(f"Unsupported role {str(role)[:50]!r} in {where}", param=f"{where}.role")
+    if isinstance(content, str):
+        return Turn(str(role), content)
+    if not isinstance(content, list):
+        raise InvalidRequest(f"{where}.content must be a string or a list of parts", param=f"{where}.content")
+    parts = [input_part_text(part, str(role), f"{where}.content[{j}]") for j, part in enumerate(content)]
+    return Turn(str(role), "".join(text for text, _ in parts), tuple(image for _, image in parts if image))
+
+
+def output_text(output: Any, where: str) -> str:
+    """A function call's output: a string, or a list of text parts."""
+    if isinstance(output, str):
+        return output
+    if isinstance(output, list):
+        return "".join(input_part_text(part, "tool", f"{where}[{j}]")[0] for j, part in enumerate(output))
+    raise InvalidRequest(f"{where} must be a string or a list of parts", param=where)
+
+
+def add_turn(turns: list[Turn], turn: Turn) -> None:
+    """Append a turn; consecutive assistant output (messages, then function calls) is one assistant turn, as the
+    answer it came from was (see Answer.text)."""
+    last = turns[-1] if turns else None
+    if last is None or last.role != "assistant" or turn.role != "assistant" or (last.calls and not turn.calls):
+        turns.append(turn)
+        return
+    text = "\n\n".join(t for t in (last.text, turn.text) if t)
+    turns[-1] = dataclasses.replace(last, text=text, calls=last.calls + turn.calls)
+
+
+def input_turn(item: dict[str, Any], where: str) -> Turn | None:
+    """The turn an input item stands for (None: reasoning and items Claude Code has no use for)."""
+    kind = item.get("type", "message")
+    call_id = str(item.get("call_id") or "")
+    match kind:
+        case "message":
+            return message_turn(item, where)
+        case "function_call" | "custom_tool_call":
+            arguments = item.get("arguments") if kind == "function_call" else json.dumps({"input": item.get("input")})
+            return Turn("assistant", calls=(ToolCallItem(call_id, str(item.get("name", "")), str(arguments or "")),))
+        case "function_call_output" | "custom_tool_call_output":
+            return Turn("tool", output_text(item.get("output"), f"{where}.output"), call_id=call_id)
+    logger.debug("ignoring an input item of type %r", str(kind)[:50])
+    return None
+
+
+def responses_turns(req: ResponsesRequest, store: ResponseStore) -> tuple[Turn, ...]:
+    turns = list(store.conversation(req.previous_response_id)) if req.previous_response_id else []
+    if req.instructions and not req.previous_response_id:
+        turns.append(Turn("system", req.instructions))
+    items: list[Any] = [{"role": "user", "content": req.input}] if isinstance(req.input, str) else req.input
+    for i, item in enumerate(items):
+        where = f"input[{i}]"
+        if not isinstance(item, dict):
+            raise InvalidRequest(f"{where} must be an object", param=where)
+        if item.get("type") == "item_reference":
+            item = store.item(item.get("id"), where)
+        if (turn := input_turn(item, where)) is not None:
+            add_turn(turns, turn)
+    return tuple(turns)
+
+
+def responses_tools(req: ResponsesRequest) -> list[FunctionDef]:
+    """The request's function tools; hosted and unknown tool types (web_search, custom, namespace…) are ignored."""
+    functions = []
+    for i, tool in enumerate(req.tools or []):
+        if tool.get("type") != "function":
+            logger.debug("ignoring a tool of type %r", str(tool.get("type"))[:50])
+            continue
+        try:
+            functions.append(FunctionDef.model_validate(tool))
+        except ValidationError as exc:
+            raise InvalidRequest(f"Invalid function tool at tools[{i}]", param=f"tools[{i}]") from exc
+    return functions
+
+
+def responses_conversation(req: ResponsesRequest, settings: Settings, store: ResponseStore) -> Conversation:
+    """The neutral request of a Responses request (or of Cursor's Responses-shaped chat request)."""
+    functions = responses_tools(req) if req.tool_choice != "none" else []
+    choice = req.tool_choice
+    if isinstance(choice, dict):
+        choice = choice.get("name") if choice.get("type") == "function" else None
+    instruction = tool_instruction(choice, [f.name for f in functions], "tool_choice") if functions else None
+    tools = tuple(mcp_tool(f.name, f.description, f.parameters) for f in functions)
+    return Conversation(req.model, resolve_model(req.model, settings), responses_turns(req, store), tools,
+                        instruction)
+
+
+def responses_usage(answer: Answer) -> dict[str, Any]:
+    usage = openai_usage(answer.tokens, answer.cost)
+    return {"input_tokens": usage["prompt_tokens"], "output_tokens": usage["completion_tokens"],
+            "total_tokens": usage["total_tokens"],
+            "input_tokens_details": {"cached_tokens": usage["prompt_tokens_details"]["cached_tokens"],
+                                     "cache_write_tokens": usage["prompt_tokens_details"]["cache_write_tokens"]},
+            "output_tokens_details": {"reasoning_tokens": 0}}
+
+
+def failure_detail(error: ProxyError) -> dict[str, Any]:
+    body = error_body(error, "responses")["error"]
+    return {"code": body["code"] or "server_error", "message": body["message"]}
+
+
+ITEM_PREFIXES = {"text": "msg", "reasoning": "rs", "tool_call": "fc"}
+
+
+class ResponsesRenderer:
+    """A Response object from an Answer, and its stream of events: each block of the answer is one output item
+    (text → message, reasoning → reasoning with a summary, tool call → function_call), added, grown and done.
+    A finished response is remembered (ResponseStore) so that its id and its items' ids can be referred to."""
+
+    def __init__(self, req: ResponsesRequest, conversation: Conversation, store: ResponseStore) -> None:
+        self.id = f"resp_{uuid.uuid4().hex}"
+        self.created_at = int(time.time())
+        self.req, self.conversation, self.store = req, conversation, store
+        self.sequence = 0
+        self._item_ids: dict[int, str] = {}
+
+    def item_id(self, index: int, block: Block) -> str:
+        return self._item_ids.setdefault(index, f"{ITEM_PREFIXES[block.kind]}_{uuid.uuid4().hex}")
+
+    def item(self, index: int, block: Block, done: bool = True) -> dict[str, Any]:
+        item_id, status = self.item_id(index, block), "completed" if done else "in_progress"
+        if block.kind == "text":
+            content = [{"type": "output_text", "text": block.text, "annotations": [], "logprobs": []}] if done else []
+            return {"id": item_id, "type": "message", "role": "assistant", "status": status, "content": content}
+        if block.kind == "reasoning":
+            summary = [{"type": "summary_text", "text": block.text}] if done else []
+            return {"id": item_id, "type": "reasoning", "summary": summary}
+        return {"id": item_id, "type": "function_call", "status": status, "call_id": block.call_id,
+                "name": block.name, "arguments": block.text if done else ""}
+
+    def response(self, answer: Answer | None, error: ProxyError | None = None) -> dict[str, Any]:
+        """The Response object: in progress (no answer yet), completed, incomplete (cut short) or failed."""
+        status = "in_progress" if answer is None else "incomplete" if answer.finish == "length" else "completed"
+        tools = [{"type": "function", "name": f.name, "description": f.description, "parameters": f.parameters,
+                  "strict": bool((f.model_extra or {}).get("strict"))} for f in responses_tools(self.req)]
+        return {
+            "id": self.id, "object": "response", "created_at": self.created_at,
+            "status": "failed" if error else status, "model": self.req.model,
+            "output": [self.item(i, b) for i, b in enumerate(answer.blocks)] if answer else [],
+            "usage": responses_usage(answer) if answer else None,
+            "error": failure_detail(error) if error else None,
+            "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
+            "instructions": self.req.instructions, "metadata": self.req.metadata or {},
+            "parallel_tool_calls": self.req.parallel_tool_calls is not False,
+            "tool_choice": self.req.tool_choice if self.req.tool_choice in ("none", "auto", "required") else "auto",
+            "tools": tools, "temperature": self.req.temperature, "top_p": self.req.top_p,
+            "max_output_tokens": self.req.max_output_tokens, "previous_response_id": self.req.previous_response_id,
+            "reasoning": self.req.reasoning, "store": self.req.store is not False,
+            "text": self.req.text or {"format": {"type": "text"}},
+        }
+
+    def finished(self, answer: Answer) -> dict[str, Any]:
+        """The completed Response, remembered for previous_response_id and item_reference."""
+        response = self.response(answer)
+        calls = tuple(ToolCallItem(b.call_id, b.name, b.text) for b in answer.of_kind("tool_call"))
+        turns = (*self.conversation.turns, Turn("assistant", answer.text, calls=calls))
+        self.store.remember(self.id, turns, response["output"])
+        return response
+
+    # The stream (see StreamRenderer)
+
+    def event(self, kind: str, **fields: Any) -> str:
+        self.sequence += 1
+        return sse({"type": kind, "sequence_number": self.sequence, **fields}, event=kind)
+
+    def opening(self) -> list[str]:
+        response = self.response(None)
+        return [self.event("response.created", response=response),
+                self.event("response.in_progress", response=response)]
+
+    def frames(self, event: AnswerEvent, answer: Answer) -> list[str]:
+        """The events of one answer event (see the class docstring)."""
+        block = answer.blocks[event.index]
+        place = {"item_id": self.item_id(event.index, block), "output_index": event.index}
+        if isinstance(event, Started):
+            return [self.event("response.output_item.added", output_index=event.index,
+                               item=self.item(event.index, block, done=False)), *self._part(block, place, "added")]
+        if isinstance(event, Delta) and not event.signature:
+            match block.kind:
+                case "text":
+                    return [self.event("response.output_text.delta", **place, content_index=0, delta=event.text,
+                                       logprobs=[])]
+                case "reasoning":
+                    return [self.event("response.reasoning_summary_text.delta", **place, summary_index=0,
+                                       delta=event.text)]
+                case "tool_call":
+                    return [self.event("response.function_call_arguments.delta", **place, delta=event.text)]
+        if isinstance(event, Ended):
+            item = self.item(event.index, block)
+            return [*self._part(block, place, "done"),
+                    self.event("response.output_item.done", output_index=event.index, item=item)]
+        return []
+
+    def _part(self, block: Block, place: dict[str, Any], stage: str) -> list[str]:
+        """The events that open (added) or close (done) a message's text part or a reasoning summary part."""
+        done = stage == "done"
+        match block.kind:
+            case "text":
+                part = {"type": "output_text", "text": block.text if done else "", "annotations": []}
+                text = [self.event("response.output_text.done", **place, content_index=0, text=block.text,
+                                   logprobs=[])] if done else []
+                return [*text, self.event(f"response.content_part.{stage}", **place, content_index=0, part=part)]
+            case "reasoning":
+                part = {"type": "summary_text", "text": block.text if done else ""}
+                text = [self.event("response.reasoning_summary_text.done", **place, summary_index=0,
+                                   text=block.text)] if done else []
+                return [*text, self.event(f"response.reasoning_summary_part.{stage}", **place, summary_index=0,
+                                          part=part)]
+        return [self.event("response.function_call_arguments.done", **place, name=block.name,
+                           arguments=block.text)] if done else []
+
+    def keepalive(self) -> list[str]:
+        return [": keep-alive\n\n"]  # an SSE comment: every client ignores it, none counts it as an event
+
+    def closing(self, answer: Answer) -> list[str]:
+        response = self.finished(answer)
+        return [self.event(f"response.{response['status']}", response=response)]
+
+    def failure(self, error: ProxyError, answer: Answer) -> list[str]:
+        return [self.event("response.failed", response=self.response(answer, error))]
+
+
+def response_store(request: Request) -> ResponseStore:
+    store: ResponseStore = request.app.state.responses
+    return store
+
+
+async def create_response(request: Request) -> Response:
+    """POST /v1/responses: a Claude Code run answering a Responses request, streamed as events or as one object."""
+    settings, _ = app_state(request)
+    check_token(request, settings.token)
+    req = parse_body(ResponsesRequest, await read_json(request, settings.max_body_bytes))
+    conversation = responses_conversation(req, settings, response_store(request))
+    renderer = ResponsesRenderer(req, conversation, response_store(request))
+    log_fields(request.scope).update(id=renderer.id, model=req.model, stream=req.stream)
+    run = await open_run(request, conversation)
+    if req.stream:
+        return sse_response(request, run, renderer)
+    answer = await collect(request, run)
+    if answer is None:
+        return Response(status_code=499)
+    return JSONResponse(renderer.finished(answer), background=BackgroundTask(run.close))
+
+
+async def cursor_completion(request: Request, body: dict[str, Any]) -> Response:
+    """A Responses-shaped body posted to /v1/chat/completions (Cursor does this), answered as a Chat Completion."""
+    settings, _ = app_state(request)
+    req = parse_body(ResponsesRequest, body)
+    conversation = responses_conversation(req, settings, response_store(request))
+    options = body.get("stream_options")
+    include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+    return await answer_as_chat(request, conversation, req.stream, include_usage)
+
+
+# ── 11. The app: health, models, the MCP bridge, routes ──────────────────
 
 
 def model_card(model_id: str) -> dict[str, Any]:
@@ -2468,10 +2795,13 @@ async def mcp_endpoint(secret: str, request: Request) -> Response:
 
 
 async def chat_completions(request: Request) -> Response:
-    """POST /v1/chat/completions."""
+    """POST /v1/chat/completions, in the Chat Completions shape or, from Cursor, the Responses shape."""
     settings, _ = app_state(request)
     check_token(request, settings.token)
-    return await chat_completion(request, await read_json(request, settings.max_body_bytes))
+    body = await read_json(request, settings.max_body_bytes)
+    if isinstance(body, dict) and "input" in body and "messages" not in body:
+        return await cursor_completion(request, body)
+    return await chat_completion(request, body)
 
 
 def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> FastAPI:
@@ -2488,7 +2818,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
 
     app = FastAPI(title="claude-code-openai-proxy", version=__version__, lifespan=lifespan,
                   docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.settings, app.state.runner = settings, runner
+    app.state.settings, app.state.runner, app.state.responses = settings, runner, ResponseStore()
     if origins := [o.strip() for o in settings.allowed_origins.split(",") if o.strip()]:
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"], allow_headers=["*"])
     app.add_middleware(BrowserGuard, settings=settings)
@@ -2503,10 +2833,12 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     app.add_api_route("/mcp/{secret}", mcp_endpoint, methods=["POST"])
     for path in ("/v1/chat/completions", "/chat/completions"):
         app.add_api_route(path, chat_completions, methods=["POST"])
+    for path in ("/v1/responses", "/responses"):
+        app.add_api_route(path, create_response, methods=["POST"])
     return app
 
 
-# ── 11. Entry point ─────────────────────────────────────────────────────
+# ── 12. Entry point ─────────────────────────────────────────────────────
 
 
 class ProxyServer(uvicorn.Server):

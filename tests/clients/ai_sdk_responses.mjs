@@ -1,0 +1,109 @@
+// The Vercel AI SDK's default OpenAI provider against the proxy: `openai(modelId)` from createOpenAI is the
+// Responses API model (POST {baseURL}/responses), as a new user gets it with no other setting.
+//   node ai_sdk_responses.mjs generate BASE_URL PROMPT [--system TEXT]   generateText, one step (the SDK sends
+//     the system text as an input message of role "system", not as `instructions`)
+//   node ai_sdk_responses.mjs stream BASE_URL PROMPT [--system TEXT]     streamText, one step
+//   node ai_sdk_responses.mjs tools BASE_URL PROMPT [--result TEXT] [--stream]
+//     generateText (or streamText with --stream) with the tool get_weather {city} whose execute returns TEXT
+//     (default "21C sunny"), stopWhen stepCountIs(2): step 1 calls the tool, the SDK runs execute, step 2 sends
+//     the result back and gets the answer.
+// BASE_URL ends in /v1; the key comes from OPENAI_API_KEY, else "unused". Every request the SDK sends is recorded
+// by a fetch wrapper. Prints one JSON object: {ai_version, provider_version, requests: [{url, headers, body}],
+// text, finish_reason, usage, response_id, reasoning, deltas, steps: [...]}.
+import { parseArgs } from "node:util";
+import { load, version } from "./cli_modules.mjs";
+
+const { positionals, values } = parseArgs({
+  allowPositionals: true,
+  options: {
+    system: { type: "string" },
+    result: { type: "string", default: "21C sunny" },
+    stream: { type: "boolean", default: false },
+  },
+});
+const [mode, baseURL, prompt] = positionals;
+const ai = await load("ai");
+const { createOpenAI } = await load("@ai-sdk/openai");
+
+const requests = [];
+async function recordingFetch(url, init) {
+  const headers = Object.fromEntries(new Headers(init?.headers ?? {}).entries());
+  requests.push({ url: String(url), headers, body: init?.body ? JSON.parse(init.body) : null });
+  return fetch(url, init);
+}
+
+const provider = createOpenAI({ baseURL, apiKey: process.env.OPENAI_API_KEY || "unused", fetch: recordingFetch });
+const model = provider("claude-code");
+const common = { model, prompt, maxRetries: 0, ...(values.system ? { system: values.system } : {}) };
+
+function stepSummary(step) {
+  return {
+    finish_reason: step.finishReason,
+    text: step.text,
+    tool_calls: step.toolCalls.map((c) => ({ id: c.toolCallId, name: c.toolName, input: c.input })),
+    tool_results: step.toolResults.map((r) => ({ id: r.toolCallId, name: r.toolName, output: r.output })),
+    response_id: step.response?.id ?? null,
+  };
+}
+
+async function summary(result, deltas) {
+  const steps = await result.steps;
+  return {
+    ai_version: version("ai"),
+    provider_version: version("@ai-sdk/openai"),
+    requests,
+    text: await result.text,
+    finish_reason: await result.finishReason,
+    usage: await result.totalUsage,
+    response_id: (await result.response).id,
+    reasoning: (await result.reasoningText) ?? null,
+    deltas,
+    steps: steps.map(stepSummary),
+    warnings: (await result.warnings) ?? [],
+  };
+}
+
+async function generate() {
+  return summary(await ai.generateText(common), null);
+}
+
+async function stream() {
+  const errors = [];
+  const result = ai.streamText({ ...common, onError: ({ error }) => errors.push(String(error)) });
+  const deltas = [];
+  for await (const delta of result.textStream) deltas.push(delta);
+  const out = await summary(result, deltas);
+  if (errors.length) out.errors = errors;
+  return out;
+}
+
+async function tools() {
+  const executed = [];
+  const getWeather = ai.tool({
+    description: "Current weather of a city",
+    inputSchema: ai.jsonSchema({
+      type: "object", properties: { city: { type: "string" } }, required: ["city"], additionalProperties: false,
+    }),
+    execute: async (input) => {
+      executed.push(input);
+      return values.result;
+    },
+  });
+  const options = { ...common, tools: { get_weather: getWeather }, stopWhen: ai.stepCountIs(2) };
+  let out;
+  if (values.stream) {
+    const errors = [];
+    const result = ai.streamText({ ...options, onError: ({ error }) => errors.push(String(error)) });
+    const deltas = [];
+    for await (const delta of result.textStream) deltas.push(delta);
+    out = await summary(result, deltas);
+    if (errors.length) out.errors = errors;
+  } else {
+    out = await summary(await ai.generateText(options), null);
+  }
+  return { ...out, executed };
+}
+
+const modes = { generate, stream, tools };
+if (!Object.hasOwn(modes, mode)) throw new Error(`unknown mode ${mode}: use generate, stream or tools`);
+console.log(JSON.stringify(await modes[mode]()));
