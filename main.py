@@ -21,8 +21,10 @@ Contents, each section using only those above it:
     7. Runner            Processes (start/stop) and Runner (routing a conversation, keeping processes)
     8. HTTP plumbing     guards, one log line per request, bodies, tokens, the stream driver shared by every door
     9. Chat Completions  the OpenAI door: request models, parser, renderer, handler
-   10. The app           health, models, the MCP bridge, create_app (the routes)
-   11. Entry point       main
+   10. Responses         the OpenAI Responses door (and Cursor's Responses-shaped chat requests)
+   11. Messages          the Anthropic Messages door, and count_tokens
+   12. The app           health, models, the MCP bridge, create_app (the routes)
+   13. Entry point       main
 
 Run it with ``./run.sh`` (``./run.sh --help`` lists every setting; each flag has an environment variable).
 It listens on 127.0.0.1:18880 by default. Claude Code runs with permissions skipped unless CLAUDE_PERMISSION_MODE
@@ -474,6 +476,17 @@ def build_prompt(turns: Sequence[Turn], system_mode: str) -> Prompt:
     if system is not None and system_mode == "inline":
         return Prompt(None, f"<instructions>\n{system}\n</instructions>\n\n{final}")
     return Prompt(system, final)
+
+
+def add_turn(turns: list[Turn], turn: Turn) -> None:
+    """Append a turn; consecutive assistant output (messages, then function calls) is one assistant turn, as the
+    answer it came from was (see Answer.text)."""
+    last = turns[-1] if turns else None
+    if last is None or last.role != "assistant" or turn.role != "assistant" or (last.calls and not turn.calls):
+        turns.append(turn)
+        return
+    text = "\n\n".join(t for t in (last.text, turn.text) if t)
+    turns[-1] = dataclasses.replace(last, text=text, calls=last.calls + turn.calls)
 
 
 def prefix_keys(model: str, turns: Sequence[Turn]) -> list[str]:
@@ -1841,7 +1854,9 @@ def app_state(request: Request) -> tuple[Settings, Runner]:
 
 
 def error_response(exc: ProxyError, door: Door = "openai") -> JSONResponse:
-    return JSONResponse(error_body(exc, door), status_code=exc.status, headers=error_headers(exc))
+    # Anthropic's clients know an overloaded API by 529 (and retry it); OpenAI's by 503.
+    status = 529 if door == "anthropic" and isinstance(exc, UpstreamOverloaded) else exc.status
+    return JSONResponse(error_body(exc, door), status_code=status, headers=error_headers(exc))
 
 
 def host_name(host: str) -> str:
@@ -2055,7 +2070,7 @@ class StreamRenderer(typing.Protocol):
     """What a protocol sends over SSE: its opening frames, the frames of each answer event, keep-alives, and its
     closing frames for a finished answer or a failure."""
 
-    def opening(self) -> list[str]: ...
+    def opening(self, answer: Answer) -> list[str]: ...
 
     def frames(self, event: AnswerEvent, answer: Answer) -> list[str]: ...
 
@@ -2075,7 +2090,7 @@ async def stream_body(request: Request, run: Run, stream: StreamRenderer) -> Asy
     frames: list[str] = []
     try:
         try:
-            yield "".join(stream.opening())
+            yield "".join(stream.opening(run.answer))
             async for event in run.events(idle=settings.keepalive):
                 frames += stream.keepalive() if event is None else stream.frames(event, run.answer)
                 if frames and not run.has_pending:  # one write for all the CLI has written so far
@@ -2099,6 +2114,19 @@ async def stream_body(request: Request, run: Run, stream: StreamRenderer) -> Asy
 def sse_response(request: Request, run: Run, stream: StreamRenderer) -> StreamingResponse:
     return StreamingResponse(stream_body(request, run, stream), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def respond(request: Request, conversation: Conversation, stream: bool, renderer: StreamRenderer,
+                  body_of: Callable[[Answer], dict[str, Any]]) -> Response:
+    """A run answering the conversation: streamed through `renderer`, or as the one JSON body `body_of` makes."""
+    run = await open_run(request, conversation)
+    if stream:
+        return sse_response(request, run, renderer)
+    answer = await collect(request, run)
+    if answer is None:
+        return Response(status_code=499)
+    # The body goes out first; closing the run (the CLI exiting, or being kept) happens after.
+    return JSONResponse(body_of(answer), background=BackgroundTask(run.close))
 
 
 def note_error(request: Request, exc: ProxyError) -> JSONResponse:
@@ -2383,7 +2411,7 @@ class ChatStream:
     def __init__(self, renderer: ChatRenderer) -> None:
         self.renderer = renderer
 
-    def opening(self) -> list[str]:
+    def opening(self, answer: Answer) -> list[str]:
         return [sse(self.renderer.role_chunk())]
 
     def frames(self, event: AnswerEvent, answer: Answer) -> list[str]:
@@ -2404,14 +2432,7 @@ async def answer_as_chat(request: Request, conversation: Conversation, stream: b
     """A run answering the conversation as a Chat Completion: streamed as chunks, or as one completion."""
     renderer = ChatRenderer(conversation.model, include_usage)
     log_fields(request.scope).update(id=renderer.id, model=conversation.model, stream=stream)
-    run = await open_run(request, conversation)
-    if stream:
-        return sse_response(request, run, ChatStream(renderer))
-    answer = await collect(request, run)
-    if answer is None:
-        return Response(status_code=499)
-    # The body goes out first; closing the run (the CLI exiting, or being kept) happens after.
-    return JSONResponse(renderer.completion(answer), background=BackgroundTask(run.close))
+    return await respond(request, conversation, stream, ChatStream(renderer), renderer.completion)
 
 
 async def chat_completion(request: Request, body: dict[str, Any]) -> Response:
@@ -2513,17 +2534,6 @@ def output_text(output: Any, where: str) -> str:
     if isinstance(output, list):
         return "".join(input_part_text(part, "tool", f"{where}[{j}]")[0] for j, part in enumerate(output))
     raise InvalidRequest(f"{where} must be a string or a list of parts", param=where)
-
-
-def add_turn(turns: list[Turn], turn: Turn) -> None:
-    """Append a turn; consecutive assistant output (messages, then function calls) is one assistant turn, as the
-    answer it came from was (see Answer.text)."""
-    last = turns[-1] if turns else None
-    if last is None or last.role != "assistant" or turn.role != "assistant" or (last.calls and not turn.calls):
-        turns.append(turn)
-        return
-    text = "\n\n".join(t for t in (last.text, turn.text) if t)
-    turns[-1] = dataclasses.replace(last, text=text, calls=last.calls + turn.calls)
 
 
 def input_turn(item: dict[str, Any], where: str) -> Turn | None:
@@ -2662,7 +2672,7 @@ class ResponsesRenderer:
         self.sequence += 1
         return sse({"type": kind, "sequence_number": self.sequence, **fields}, event=kind)
 
-    def opening(self) -> list[str]:
+    def opening(self, answer: Answer) -> list[str]:
         response = self.response(None)
         return [self.event("response.created", response=response),
                 self.event("response.in_progress", response=response)]
@@ -2732,13 +2742,7 @@ async def create_response(request: Request) -> Response:
     conversation = responses_conversation(req, settings, response_store(request))
     renderer = ResponsesRenderer(req, conversation, response_store(request))
     log_fields(request.scope).update(id=renderer.id, model=req.model, stream=req.stream)
-    run = await open_run(request, conversation)
-    if req.stream:
-        return sse_response(request, run, renderer)
-    answer = await collect(request, run)
-    if answer is None:
-        return Response(status_code=499)
-    return JSONResponse(renderer.finished(answer), background=BackgroundTask(run.close))
+    return await respond(request, conversation, req.stream, renderer, renderer.finished)
 
 
 async def cursor_completion(request: Request, body: dict[str, Any]) -> Response:
@@ -2751,7 +2755,207 @@ async def cursor_completion(request: Request, body: dict[str, Any]) -> Response:
     return await answer_as_chat(request, conversation, req.stream, include_usage)
 
 
-# ── 11. The app: health, models, the MCP bridge, routes ──────────────────
+# ── 11. Anthropic Messages: parser, renderer, handlers ────────────────────
+# https://docs.anthropic.com/en/api/messages — the Anthropic SDKs, ANTHROPIC_BASE_URL clients, agents.
+
+
+class MessagesRequest(_Lenient):
+    model: str = Field(max_length=MAX_MODEL_ID)
+    messages: list[dict[str, Any]]
+    system: str | list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: dict[str, Any] | None = None
+    stream: bool = False
+    # Accepted without effect on Claude Code: max_tokens (required by the API), thinking, metadata, sampling…
+    max_tokens: int | None = None
+
+
+CLIENT_TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+
+
+def block_image(block: dict[str, Any], where: str) -> str:
+    """An image block's source as a URL: base64 sources become data: URLs (same rules and limits as every door)."""
+    source = block.get("source")
+    if isinstance(source, dict) and source.get("type") == "base64":
+        return f"data:{source.get('media_type')};base64,{source.get('data')}"
+    if isinstance(source, dict) and source.get("type") == "url" and isinstance(source.get("url"), str):
+        return str(source["url"])
+    raise InvalidRequest(f"Unsupported image source in {where}; use base64 or url", param=where)
+
+
+def blocks_of(content: Any, where: str) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    if not isinstance(content, list) or not all(isinstance(block, dict) for block in content):
+        raise InvalidRequest(f"{where} must be a string or a list of content blocks", param=where)
+    return content
+
+
+def tool_result_turn(block: dict[str, Any], where: str) -> Turn:
+    parts = blocks_of(block.get("content") or "", f"{where}.content")
+    text = "".join(str(part.get("text", "")) if part.get("type") == "text" else "[image]" for part in parts)
+    return Turn("tool", text, call_id=str(block.get("tool_use_id", "")), is_error=bool(block.get("is_error")))
+
+
+def anthropic_turns(role: Any, content: Any, where: str) -> list[Turn]:
+    """The turns of one message: a user message's tool results first (the API puts them first), then its text and
+    images; an assistant message's text and tool calls. Thinking blocks are dropped, as Claude Code keeps its own."""
+    if role not in ("user", "assistant"):
+        raise InvalidRequest(f"Unsupported role {str(role)[:50]!r} in {where}", param=f"{where}.role")
+    turns, texts, images, calls = [], [], [], []
+    for j, block in enumerate(blocks_of(content, f"{where}.content")):
+        place, kind = f"{where}.content[{j}]", block.get("type")
+        if kind == "text" and isinstance(block.get("text"), str):
+            texts.append(block["text"])
+        elif kind == "image" and role == "user":
+            texts.append("[image]")
+            images.append((block_image(block, place), place))
+        elif kind == "tool_use" and role == "assistant":
+            calls.append(ToolCallItem(str(block.get("id", "")), str(block.get("name", "")),
+                                      json.dumps(block.get("input") or {})))
+        elif kind == "tool_result" and role == "user":
+            turns.append(tool_result_turn(block, place))
+        elif kind in ("thinking", "redacted_thinking", "server_tool_use", "web_search_tool_result"):
+            continue
+        else:
+            raise InvalidRequest(f"Unsupported content block {str(kind)[:50]!r} in {place}", param=place)
+    separator = "\n\n" if role == "assistant" else ""
+    if texts or calls or not turns:
+        turns.append(Turn(role, separator.join(texts), tuple(images), tuple(calls)))
+    return turns
+
+
+def system_turns(system: str | list[dict[str, Any]] | None) -> list[Turn]:
+    if system is None:
+        return []
+    blocks = blocks_of(system, "system")
+    if any(block.get("type") != "text" or not isinstance(block.get("text"), str) for block in blocks):
+        raise InvalidRequest("system must be a string or a list of text blocks", param="system")
+    return [Turn("system", "\n\n".join(block["text"] for block in blocks))]
+
+
+def messages_tools(req: MessagesRequest) -> list[dict[str, Any]]:
+    """The client's tools; server tools (a type such as web_search_20250305) are ignored."""
+    tools = []
+    for i, tool in enumerate(req.tools or []):
+        if tool.get("type") not in (None, "custom"):
+            logger.debug("ignoring a server tool of type %r", str(tool.get("type"))[:50])
+            continue
+        if not isinstance(tool.get("name"), str) or not CLIENT_TOOL_NAME.fullmatch(tool["name"]):
+            raise InvalidRequest(f"Invalid tool name at tools[{i}]", param=f"tools[{i}].name")
+        tools.append(tool)
+    return tools
+
+
+def messages_conversation(req: MessagesRequest, settings: Settings) -> Conversation:
+    """The neutral request of a Messages request."""
+    turns = system_turns(req.system)
+    for i, message in enumerate(req.messages):
+        for turn in anthropic_turns(message.get("role"), message.get("content"), f"messages[{i}]"):
+            add_turn(turns, turn)
+    choice = req.tool_choice or {}
+    tools = messages_tools(req) if choice.get("type") != "none" else []
+    named = {"any": "required", "tool": choice.get("name")}.get(str(choice.get("type")))
+    instruction = tool_instruction(named, [t["name"] for t in tools], "tool_choice") if tools else None
+    definitions = tuple(mcp_tool(t["name"], t.get("description"), t.get("input_schema")) for t in tools)
+    return Conversation(req.model, resolve_model(req.model, settings), tuple(turns), definitions, instruction)
+
+
+def anthropic_usage(answer: Answer) -> dict[str, int]:
+    """Anthropic's usage: input_tokens is the fresh input only; cache reads and writes are counted apart."""
+    return {name: answer.tokens[name] for name in (*INPUT_TOKEN_FIELDS, "output_tokens")}
+
+
+STOP_REASONS: dict[Finish, str] = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use"}
+
+
+class MessagesRenderer:
+    """A Message from an Answer, and its stream: each block of the answer is one content block (text, thinking,
+    tool_use with the client's tool name), started, grown by deltas and stopped."""
+
+    def __init__(self, model: str) -> None:
+        self.id = f"msg_{uuid.uuid4().hex[:24]}"
+        self.model = model
+
+    def block(self, block: Block, done: bool = True) -> dict[str, Any]:
+        if block.kind == "text":
+            return {"type": "text", "text": block.text if done else ""}
+        if block.kind == "reasoning":
+            return {"type": "thinking", "thinking": block.text if done else "",
+                    "signature": block.signature if done else ""}
+        arguments = json.loads(block.text or "{}") if done else {}
+        return {"type": "tool_use", "id": block.call_id, "name": block.name, "input": arguments}
+
+    def message(self, answer: Answer, done: bool = True) -> dict[str, Any]:
+        return {"id": self.id, "type": "message", "role": "assistant", "model": self.model,
+                "content": [self.block(b) for b in answer.blocks] if done else [],
+                "stop_reason": STOP_REASONS[answer.finish] if done else None, "stop_sequence": None,
+                "usage": anthropic_usage(answer)}
+
+    # The stream (see StreamRenderer)
+
+    @staticmethod
+    def event(kind: str, **fields: Any) -> str:
+        return sse({"type": kind, **fields}, event=kind)
+
+    def opening(self, answer: Answer) -> list[str]:
+        return [self.event("message_start", message=self.message(answer, done=False))]
+
+    def frames(self, event: AnswerEvent, answer: Answer) -> list[str]:
+        block = answer.blocks[event.index]
+        if isinstance(event, Started):
+            return [self.event("content_block_start", index=event.index, content_block=self.block(block, False))]
+        if isinstance(event, Ended):
+            return [self.event("content_block_stop", index=event.index)]
+        if event.signature:
+            delta = {"type": "signature_delta", "signature": event.text}
+        elif block.kind == "text":
+            delta = {"type": "text_delta", "text": event.text}
+        elif block.kind == "reasoning":
+            delta = {"type": "thinking_delta", "thinking": event.text}
+        else:
+            delta = {"type": "input_json_delta", "partial_json": event.text}
+        return [self.event("content_block_delta", index=event.index, delta=delta)]
+
+    def keepalive(self) -> list[str]:
+        return [self.event("ping")]
+
+    def closing(self, answer: Answer) -> list[str]:
+        delta = {"stop_reason": STOP_REASONS[answer.finish], "stop_sequence": None}
+        return [self.event("message_delta", delta=delta, usage=anthropic_usage(answer)), self.event("message_stop")]
+
+    def failure(self, error: ProxyError, answer: Answer) -> list[str]:
+        return [sse(error_body(error, "anthropic"), event="error")]
+
+
+async def create_message(request: Request) -> Response:
+    """POST /v1/messages: a Claude Code run answering a Messages request, streamed as events or as one message."""
+    settings, _ = app_state(request)
+    check_token(request, settings.token)
+    req = parse_body(MessagesRequest, await read_json(request, settings.max_body_bytes))
+    conversation = messages_conversation(req, settings)
+    renderer = MessagesRenderer(req.model)
+    log_fields(request.scope).update(id=renderer.id, model=req.model, stream=req.stream)
+    return await respond(request, conversation, req.stream, renderer, renderer.message)
+
+
+TOKENS_PER_IMAGE = 1600  # what Anthropic documents for an image of about 1.15 megapixels
+
+
+async def count_tokens(request: Request) -> dict[str, int]:
+    """POST /v1/messages/count_tokens: a local estimate (about 4 characters a token), never a Claude Code run;
+    some clients call it dozens of times per message."""
+    settings, _ = app_state(request)
+    check_token(request, settings.token)
+    req = parse_body(MessagesRequest, await read_json(request, settings.max_body_bytes))
+    conversation = messages_conversation(req, settings)
+    characters = sum(len(t.text) + sum(len(c.arguments) for c in t.calls) for t in conversation.turns)
+    characters += sum(len(tool) for tool in conversation.tools)
+    images = sum(len(t.images) for t in conversation.turns)
+    return {"input_tokens": max(1, math.ceil(characters / 4)) + images * TOKENS_PER_IMAGE}
+
+
+# ── 12. The app: health, models, the MCP bridge, routes ──────────────────
 
 
 def model_card(model_id: str) -> dict[str, Any]:
@@ -2835,10 +3039,13 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         app.add_api_route(path, chat_completions, methods=["POST"])
     for path in ("/v1/responses", "/responses"):
         app.add_api_route(path, create_response, methods=["POST"])
+    for path in ("/v1/messages", "/messages"):
+        app.add_api_route(path, create_message, methods=["POST"])
+        app.add_api_route(f"{path}/count_tokens", count_tokens, methods=["POST"])
     return app
 
 
-# ── 12. Entry point ─────────────────────────────────────────────────────
+# ── 13. Entry point ─────────────────────────────────────────────────────
 
 
 class ProxyServer(uvicorn.Server):

@@ -9,39 +9,22 @@ OpenClaw also runs its agent's tool cycle (toolUse, toolResult, answer) against 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-from pathlib import Path
 
 import openai
 import pytest
+from helpers import run_node, system_prompt_of
 from langchain_core.messages import AIMessageChunk, HumanMessage, SystemMessage
 from langchain_openai import ChatOpenAI
 
-CLIENTS = Path(__file__).resolve().parent / "clients"
 ANSWER = "Hello from fake model."
 USAGE = "[[usage:100,7,50,25]]"  # input 100, output 7, cache read 50, cache write 25
 PROMPT_TOKENS, COMPLETION_TOKENS, CACHED, WRITTEN = 175, 7, 50, 25  # prompt = input + cache read + cache write
-
-
-def run_node(script: str, *args: str, api_key: str = "unused") -> dict:
-    """Run tests/clients/<script> with node; its one line of stdout is JSON."""
-    env = {**os.environ, "OPENAI_API_KEY": api_key}
-    done = subprocess.run(["node", str(CLIENTS / script), *args], capture_output=True, text=True, timeout=60,
-                          env=env)
-    assert done.returncode == 0, f"node {script} failed ({done.returncode}):\n{done.stderr}"
-    return json.loads(done.stdout)
 
 
 def assert_openai_usage(usage: dict) -> None:
     assert (usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"]) == (
         PROMPT_TOKENS, COMPLETION_TOKENS, PROMPT_TOKENS + COMPLETION_TOKENS)
     assert usage["prompt_tokens_details"]["cached_tokens"] == CACHED
-
-
-def system_prompt_of(fake_api) -> str:
-    [request] = fake_api.main_requests()
-    return request["system"][-1]["text"]
 
 
 # ── OpenAI Node SDK ──

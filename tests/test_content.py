@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import base64
-import struct
-import zlib
 
 import openai
 import pytest
-
-import main
+from helpers import tiny_png
 from test_units import CompletionBuilder
 
-
-def tiny_png() -> bytes:
-    """A valid 1x1 PNG."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0\xff\0\0")) + chunk(
-        b"IEND", b"")
+import main
 
 
 def image_part(data: bytes, media_type: str = "image/png") -> dict:

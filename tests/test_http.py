@@ -7,7 +7,6 @@ import json
 import httpx
 import openai
 import pytest
-
 from proxy_fixtures import fake_claude_calls
 from proxy_harness import wait_until
 
@@ -209,7 +208,7 @@ def test_silence_gets_keepalive_chunks_then_an_in_stream_timeout(make_fake_proxy
 
 def test_overload_is_429_with_retry_after(make_fake_proxy) -> None:
     proxy = make_fake_proxy(fake_claude_mode="hang", claude_max_concurrency=1, claude_max_queue=0,
-                            claude_timeout=30)
+                            claude_timeout=30, claude_prime_window=0.1)
     with httpx.stream("POST", proxy.url + CHAT, json={**HELLO, "stream": True}, timeout=30) as first:
         assert first.status_code == 200
         response = httpx.post(proxy.url + CHAT, json=HELLO, timeout=30)

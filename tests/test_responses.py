@@ -12,7 +12,7 @@ Every test drives the real Claude Code CLI against the scripted fake Anthropic A
 - hosted and unknown tool types (`web_search`, `custom`, `local_shell`, `namespace`) are ignored, never a 400;
 - Cursor's shape: a body with `input` and no `messages` posted to /v1/chat/completions gets a Chat Completions
   answer, streamed or not;
-- the Vercel AI SDK's default provider (`openai(id)` is the Responses model; tests/clients/ai_sdk_responses.mjs),
+- the Vercel AI SDK's default provider (`openai(id)` is the Responses model; tests/clients/ai_sdk.mjs),
   the OpenAI Agents SDK's default Responses model, and the Codex CLI (`codex exec`, also a round trip through one
   of Codex's own tools, which Codex runs).
 """
@@ -30,10 +30,17 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from helpers import (
+    assert_ai_sdk_weather_cycle,
+    cli_processes,
+    native_tool_results,
+    result_text,
+    run_node,
+    system_prompt_of,
+    turn_texts,
+)
 from openai.types.responses import Response, ResponseStreamEvent
 from proxy_harness import CODEX_BIN, codex_environment
-
-CLIENTS = Path(__file__).resolve().parent / "clients"
 
 ANSWER = "Hello from fake model."
 TOOL_TEXT = "I'll run a command."  # what the fake says before its tool_use blocks
@@ -81,48 +88,6 @@ def assert_message(item, text: str) -> None:
 
 def function_calls(response: Response) -> list:
     return [item for item in response.output if item.type == "function_call"]
-
-
-def system_prompt_of(fake_api) -> str:
-    [request] = fake_api.main_requests()
-    return request["system"][-1]["text"]
-
-
-def result_text(block: dict) -> str:
-    """A tool_result's text: Claude Code sends a string for error results and text blocks otherwise."""
-    content = block.get("content")
-    if isinstance(content, list):
-        return "".join(part.get("text", "") for part in content)
-    return content
-
-
-def native_tool_results(fake_api) -> list[dict]:
-    """The tool_result blocks of the continuation, as Claude Code sent them: the second main request must continue
-    the same run (its assistant turn holds the tool_use blocks the results answer), not start a new one."""
-    requests = fake_api.main_requests()
-    assert len(requests) == 2, "the function_call_output must continue the held Claude Code run"
-    *_, asked, last = requests[1]["messages"]
-    assert asked["role"] == "assistant" and last["role"] == "user"
-    assert all(block["type"] == "tool_result" for block in last["content"])
-    assert sorted(b["id"] for b in asked["content"] if b["type"] == "tool_use") == sorted(
-        b["tool_use_id"] for b in last["content"])
-    return last["content"]
-
-
-def turn_texts(request: dict) -> list[tuple[str, str]]:
-    """A request's conversation as (role, text) pairs, without the CLI's reminders, tool blocks and agent listing."""
-    pairs = []
-    for message in request["messages"]:
-        blocks = message["content"] if isinstance(message["content"], list) else [
-            {"type": "text", "text": message["content"]}]
-        texts = [b["text"] for b in blocks if b.get("type") == "text" and not b["text"].startswith("<system-reminder>")]
-        if message["role"] in ("user", "assistant") and texts:
-            pairs.append((message["role"], "".join(texts).strip()))
-    return pairs
-
-
-def cli_processes(proxy) -> list:
-    return [p for p in proxy.ps.children() if p.is_running() and p.status() != "zombie"]
 
 
 def sse_frames(response: httpx.Response) -> list[tuple[str | None, str]]:
@@ -561,15 +526,6 @@ def test_cursor_shape_on_chat_completions_streamed(make_proxy) -> None:
 # ── the Vercel AI SDK (@ai-sdk/openai's default Responses model) ──
 
 
-def run_node(script: str, *args: str, api_key: str = "unused") -> dict:
-    """Run tests/clients/<script> with node; its one line of stdout is JSON."""
-    env = {**os.environ, "OPENAI_API_KEY": api_key}
-    done = subprocess.run(["node", str(CLIENTS / script), *args], capture_output=True, text=True, timeout=120,
-                          env=env)
-    assert done.returncode == 0, f"node {script} failed ({done.returncode}):\n{done.stderr}"
-    return json.loads(done.stdout)
-
-
 def assert_ai_sdk_usage(usage: dict) -> None:
     assert (usage["inputTokens"], usage["outputTokens"], usage["totalTokens"]) == (
         INPUT_TOKENS, OUTPUT_TOKENS, INPUT_TOKENS + OUTPUT_TOKENS)
@@ -580,7 +536,7 @@ def assert_ai_sdk_usage(usage: dict) -> None:
 
 def test_ai_sdk_generate_text(make_proxy, fake_api) -> None:
     proxy = make_proxy(claude_proxy_token="ai-sdk-secret")
-    result = run_node("ai_sdk_responses.mjs", "generate", proxy.url + "/v1", f"{USAGE} hi",
+    result = run_node("ai_sdk.mjs", "generate", proxy.url + "/v1", f"{USAGE} hi",
                       "--system", "You are the AI SDK.", api_key="ai-sdk-secret")
     assert (result["ai_version"], result["provider_version"]) == ("7.0.173", "4.0.118")
     [request] = result["requests"]
@@ -592,7 +548,7 @@ def test_ai_sdk_generate_text(make_proxy, fake_api) -> None:
 
 
 def test_ai_sdk_stream_text(make_proxy) -> None:
-    result = run_node("ai_sdk_responses.mjs", "stream", make_proxy().url + "/v1", f"{USAGE} hi")
+    result = run_node("ai_sdk.mjs", "stream", make_proxy().url + "/v1", f"{USAGE} hi")
     assert "errors" not in result, result.get("errors")
     assert result["requests"][0]["body"]["stream"] is True
     assert len(result["deltas"]) >= 2 and "".join(result["deltas"]) == ANSWER
@@ -604,14 +560,8 @@ def test_ai_sdk_stream_text(make_proxy) -> None:
 @pytest.mark.parametrize("streamed", [False, True], ids=["generateText", "streamText"])
 def test_ai_sdk_tool_with_execute_over_two_steps(make_proxy, fake_api, streamed: bool) -> None:
     args = ["--stream"] if streamed else []
-    result = run_node("ai_sdk_responses.mjs", "tools", make_proxy().url + "/v1", WEATHER_CALL, *args)
-    assert "errors" not in result, result.get("errors")
-    first, second = result["steps"]
-    assert first["finish_reason"] == "tool-calls" and first["text"] == TOOL_TEXT
-    [call] = first["tool_calls"]
-    assert (call["name"], call["input"]) == ("get_weather", {"city": "Paris"}) and call["id"].startswith("toolu_")
-    assert result["executed"] == [{"city": "Paris"}]
-    assert (second["finish_reason"], second["text"]) == ("stop", "Tool said: 21C sunny")
+    result = run_node("ai_sdk.mjs", "tools", make_proxy().url + "/v1", WEATHER_CALL, *args)
+    call = assert_ai_sdk_weather_cycle(result)
     assert result["text"] == "Tool said: 21C sunny"
 
     # The SDK's second request (store defaults to true): the earlier message as an item_reference to the id the

@@ -4,19 +4,8 @@ from __future__ import annotations
 
 import json
 
+from helpers import cli_processes, turn_texts
 from proxy_harness import processes_matching, wait_until
-
-
-def turn_texts(request: dict) -> list[tuple[str, str]]:
-    """The API request's conversation as (role, text) pairs, without the CLI's reminders and agent listing."""
-    pairs = []
-    for message in request["messages"]:
-        blocks = message["content"] if isinstance(message["content"], list) else [
-            {"type": "text", "text": message["content"]}]
-        texts = [b["text"] for b in blocks if b.get("type") == "text" and not b["text"].startswith("<system-reminder>")]
-        if message["role"] in ("user", "assistant") and texts:
-            pairs.append((message["role"], "".join(texts).strip()))
-    return pairs
 
 
 def chat(proxy, messages: list[dict], **kwargs) -> str:
@@ -27,10 +16,6 @@ def chat(proxy, messages: list[dict], **kwargs) -> str:
 def stream_chat(proxy, messages: list[dict]) -> str:
     stream = proxy.client().chat.completions.create(model="claude-code", messages=messages, stream=True)
     return "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
-
-
-def cli_processes(proxy) -> list:
-    return [p for p in proxy.ps.children() if p.is_running() and p.status() != "zombie"]
 
 
 def test_turn_two_continues_the_live_session(make_proxy, fake_api) -> None:

@@ -150,8 +150,8 @@ def test_image_parts_are_marked_in_the_text_and_collected_in_order() -> None:
                                {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG}"}},
                                {"type": "image_url", "image_url": {"url": "https://example.com/b.jpg"}}]))
     assert prompt_of(convo, "append").text == "compare [image][image]"
-    assert [place for turn in turns(convo) for place in turn.images] == [(f"data:image/png;base64,{PNG}", "messages[0].content[1]"),
-                                      ("https://example.com/b.jpg", "messages[0].content[2]")]
+    assert [place for turn in turns(convo) for place in turn.images] == [
+        (f"data:image/png;base64,{PNG}", "messages[0].content[1]"), ("https://example.com/b.jpg", "messages[0].content[2]")]
 
 
 def test_data_url_images_become_base64_blocks() -> None:

@@ -1,15 +1,16 @@
-// The Vercel AI SDK's default OpenAI provider against the proxy: `openai(modelId)` from createOpenAI is the
-// Responses API model (POST {baseURL}/responses), as a new user gets it with no other setting.
-//   node ai_sdk_responses.mjs generate BASE_URL PROMPT [--system TEXT]   generateText, one step (the SDK sends
-//     the system text as an input message of role "system", not as `instructions`)
-//   node ai_sdk_responses.mjs stream BASE_URL PROMPT [--system TEXT]     streamText, one step
-//   node ai_sdk_responses.mjs tools BASE_URL PROMPT [--result TEXT] [--stream]
+// The Vercel AI SDK against the proxy, with the provider a user would point at another base URL:
+//   --provider openai (default): createOpenAI({baseURL, apiKey}); `provider(id)` is the Responses API model
+//     (POST {baseURL}/responses), the system text sent as an input message of role "system";
+//   --provider anthropic: createAnthropic({baseURL, apiKey}) (POST {baseURL}/messages with x-api-key).
+//   node ai_sdk.mjs generate BASE_URL PROMPT [--system TEXT]   generateText, one step
+//   node ai_sdk.mjs stream BASE_URL PROMPT [--system TEXT]     streamText, one step
+//   node ai_sdk.mjs tools BASE_URL PROMPT [--result TEXT] [--stream]
 //     generateText (or streamText with --stream) with the tool get_weather {city} whose execute returns TEXT
 //     (default "21C sunny"), stopWhen stepCountIs(2): step 1 calls the tool, the SDK runs execute, step 2 sends
 //     the result back and gets the answer.
-// BASE_URL ends in /v1; the key comes from OPENAI_API_KEY, else "unused". Every request the SDK sends is recorded
-// by a fetch wrapper. Prints one JSON object: {ai_version, provider_version, requests: [{url, headers, body}],
-// text, finish_reason, usage, response_id, reasoning, deltas, steps: [...]}.
+// BASE_URL ends in /v1; the key comes from OPENAI_API_KEY or ANTHROPIC_API_KEY, else "unused". Every request the
+// SDK sends is recorded by a fetch wrapper. Prints one JSON object: {ai_version, provider_version, requests: [{url,
+// headers, body}], text, finish_reason, usage, response_id, reasoning, deltas, steps: [...]}.
 import { parseArgs } from "node:util";
 import { load, version } from "./cli_modules.mjs";
 
@@ -19,11 +20,18 @@ const { positionals, values } = parseArgs({
     system: { type: "string" },
     result: { type: "string", default: "21C sunny" },
     stream: { type: "boolean", default: false },
+    provider: { type: "string", default: "openai" },
   },
 });
 const [mode, baseURL, prompt] = positionals;
 const ai = await load("ai");
-const { createOpenAI } = await load("@ai-sdk/openai");
+const PROVIDERS = {
+  openai: { pkg: "@ai-sdk/openai", create: "createOpenAI", key: "OPENAI_API_KEY" },
+  anthropic: { pkg: "@ai-sdk/anthropic", create: "createAnthropic", key: "ANTHROPIC_API_KEY" },
+};
+const chosen = PROVIDERS[values.provider];
+if (!chosen) throw new Error(`unknown provider ${values.provider}: use openai or anthropic`);
+const createProvider = (await load(chosen.pkg))[chosen.create];
 
 const requests = [];
 async function recordingFetch(url, init) {
@@ -32,7 +40,7 @@ async function recordingFetch(url, init) {
   return fetch(url, init);
 }
 
-const provider = createOpenAI({ baseURL, apiKey: process.env.OPENAI_API_KEY || "unused", fetch: recordingFetch });
+const provider = createProvider({ baseURL, apiKey: process.env[chosen.key] || "unused", fetch: recordingFetch });
 const model = provider("claude-code");
 const common = { model, prompt, maxRetries: 0, ...(values.system ? { system: values.system } : {}) };
 
@@ -50,7 +58,7 @@ async function summary(result, deltas) {
   const steps = await result.steps;
   return {
     ai_version: version("ai"),
-    provider_version: version("@ai-sdk/openai"),
+    provider_version: version(chosen.pkg),
     requests,
     text: await result.text,
     finish_reason: await result.finishReason,
