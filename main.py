@@ -65,6 +65,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import httpx
+import jsonschema
 import psutil
 import uvicorn
 from fastapi import FastAPI, Request
@@ -313,6 +314,10 @@ class UpstreamOverloaded(UpstreamError):
     status, type, code = 503, "service_unavailable_error", "upstream_overloaded"
 
 
+class NoStructuredOutput(ClaudeFailed):
+    code = "structured_output_failed"
+
+
 class RunTimeout(ProxyError):
     status, type, code = 504, "timeout_error", "timeout"
 
@@ -396,13 +401,15 @@ class Conversation:
     """What any protocol asks of Claude Code: the turns so far, the client's tools, the model.
 
     `model` is the id the client asked for (echoed back, and part of every conversation key); `cli_model` the
-    --model value (None: the CLI's default). `tools` are MCP tool definitions (canonical JSON, hashable)."""
+    --model value (None: the CLI's default). `tools` are MCP tool definitions (canonical JSON, hashable); `schema`
+    the JSON schema the final answer must match (canonical JSON), when the client asked for structured output."""
 
     model: str
     cli_model: str | None
     turns: tuple[Turn, ...]
     tools: tuple[str, ...] = ()
     tool_instruction: str | None = None
+    schema: str | None = None
 
     @functools.cached_property
     def keys(self) -> list[str]:
@@ -544,6 +551,28 @@ def tool_instruction(choice: str | None, names: Sequence[str], where: str) -> st
     return f"Answer by calling the tool {choice}."
 
 
+JSON_OBJECT_SCHEMA = '{"type": "object"}'
+
+
+def output_schema(kind: Any, schema: Any, where: str) -> str | None:
+    """The schema of a structured-output request as canonical JSON: "json_schema" with its schema, "json_object" as
+    any object, "text" (or nothing) as None. A schema that is not one is a 400: Claude Code 2.1.197 silently ignores
+    an invalid --json-schema and answers in prose."""
+    if kind in (None, "text"):
+        return None
+    if kind == "json_object":
+        return JSON_OBJECT_SCHEMA
+    if kind != "json_schema":
+        raise InvalidRequest(f"Unsupported response format type {str(kind)[:50]!r}", param=where)
+    if not isinstance(schema, dict):
+        raise InvalidRequest(f"{where} needs a JSON schema object", param=where)
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise InvalidRequest(f"Invalid JSON schema at {where}: {exc.message}", param=where) from None
+    return json.dumps(schema, sort_keys=True)
+
+
 # Images: data: URLs are decoded; http(s) URLs are fetched only when CLAUDE_FETCH_IMAGES allows it.
 
 
@@ -613,6 +642,14 @@ class Launch:
     tools: tuple[str, ...] = ()
     persist: bool = False
     resume: str | None = None
+    json_schema: str | None = None
+
+    def same_run(self, other: Launch) -> bool:
+        """Whether a process started for `other` answers like one for this (where it runs aside)."""
+        def aside(launch: Launch) -> Launch:
+            return dataclasses.replace(launch, cwd=None, persist=False, resume=None)
+
+        return aside(self) == aside(other)
 
 
 def build_argv(claude_bin: str, settings: Settings, launch: Launch, system_prompt_file: str | None = None,
@@ -639,6 +676,9 @@ def build_argv(claude_bin: str, settings: Settings, launch: Launch, system_promp
             argv.append(f"{flag}-file={system_prompt_file}")
         else:
             argv.append(f"{flag}={launch.system_prompt}")
+    if launch.json_schema:
+        # Claude Code then ends by calling its StructuredOutput tool, validated against the schema (CLI 2.1.197).
+        argv.append(f"--json-schema={launch.json_schema}")
     if mcp_url:
         config = {"mcpServers": {MCP_SERVER: {"type": "http", "url": mcp_url}}}
         argv += [f"--mcp-config={json.dumps(config)}", "--strict-mcp-config", f"--allowedTools=mcp__{MCP_SERVER}"]
@@ -709,6 +749,7 @@ class ClaudeProcess:
         self.bridge: ToolBridge | None = None
         self.cwd = workdir
         self.owns_cwd = False  # a conversation folder made for this process, removed with it unless a session keeps it
+        self.launch = Launch()  # what it was started with
 
     @classmethod
     async def spawn(cls, argv: list[str], env: dict[str, str], cwd: str, workdir: str,
@@ -1037,8 +1078,9 @@ class Interpreter:
     (MCP_PREFIX) become tool_call blocks; a message that stops for them sets `awaiting`. Raises the ProxyError a
     failed run stands for."""
 
-    def __init__(self, show_activity: bool = False) -> None:
+    def __init__(self, show_activity: bool = False, structured: bool = False) -> None:
         self.show_activity = show_activity
+        self.structured = structured  # the answer is the result's structured_output; the model's text is remarks
         self.answer = Answer()
         self.session_id: str | None = None
         self.done = False  # the result event was read
@@ -1065,7 +1107,7 @@ class Interpreter:
             case "assistant" | "user":
                 return self._activity(event, top_level)
             case "result":
-                self._result(event)
+                return self._result(event)
         return []
 
     def _retrying(self, event: dict[str, Any]) -> None:
@@ -1074,7 +1116,7 @@ class Interpreter:
             # The CLI would retry a bad credential for minutes; it will not get better.
             raise upstream_auth_error(f"the Anthropic API answered {event['error_status']}")
 
-    def _result(self, result: dict[str, Any]) -> None:
+    def _result(self, result: dict[str, Any]) -> list[AnswerEvent]:
         self.done = True
         self.answer.cost = result.get("total_cost_usd")
         # Cut short is not an error: max turns, or max tokens after the CLI's own attempts to continue.
@@ -1083,7 +1125,24 @@ class Interpreter:
         if ran_out:
             self.answer.finish = "length"
         elif result.get("is_error"):
+            if "structured_output" in str(result.get("subtype")):
+                raise NoStructuredOutput(f"Claude did not produce output matching the schema ({result['subtype']})")
             raise result_error(result, self._retry_delay_s, self.used_tools)
+        elif self.structured:
+            return self._structured(result)
+        return []
+
+    def _structured(self, result: dict[str, Any]) -> list[AnswerEvent]:
+        """The structured output as the answer's one text block (JSON). Claude Code 2.1.197 reports success even
+        when the model never called StructuredOutput: then there is no answer to give, only an error."""
+        if "structured_output" not in result:
+            raise NoStructuredOutput("Claude answered without output matching the requested schema (it did not "
+                                     "call Claude Code's StructuredOutput tool); try again or simplify the schema")
+        text = json.dumps(result["structured_output"], ensure_ascii=False)
+        index = len(self.answer.blocks)
+        self.answer.blocks.append(Block("text", text))
+        self.answer.finish = "stop"
+        return [Started(index), Delta(index, text), Ended(index)]
 
     def _stream_event(self, raw: dict[str, Any]) -> list[AnswerEvent]:
         index = raw.get("index", 0)
@@ -1108,7 +1167,7 @@ class Interpreter:
         name = str(content.get("name", ""))
         match content.get("type"):
             case "text":
-                block = Block("text")
+                block = Block("reasoning" if self.structured else "text")
             case "thinking":
                 block = Block("reasoning")
             case "tool_use" if name.startswith(MCP_PREFIX):
@@ -1121,7 +1180,8 @@ class Interpreter:
 
     def _delta(self, block_index: int, delta: dict[str, Any]) -> list[AnswerEvent]:
         # A text or thinking delta whose block start was not seen (or of another kind) starts its block.
-        implied = {"text_delta": "text", "thinking_delta": "reasoning"}.get(str(delta.get("type")))
+        text_kind = "reasoning" if self.structured else "text"
+        implied = {"text_delta": text_kind, "thinking_delta": "reasoning"}.get(str(delta.get("type")))
         known = self._blocks.get(block_index)
         started: list[AnswerEvent] = []
         if implied and (known is None or self.answer.blocks[known].kind != implied):
@@ -1246,7 +1306,7 @@ class Run:
         self.conversation = conversation
         self.deadline = deadline
         self.state = RunState.RUNNING
-        self.interpreter = Interpreter(show_activity)
+        self.interpreter = Interpreter(show_activity, structured=conversation.schema is not None)
         self.failed = False  # the request saw an error: nothing of this run is worth keeping
         self._release = release
         self._backlog: deque[AnswerEvent | None] = deque()
@@ -1627,7 +1687,7 @@ class Processes:
             for folder in {workdir, cwd} - {launch.cwd}:
                 shutil.rmtree(folder, ignore_errors=True)
             raise
-        process.cwd, process.owns_cwd = cwd, cwd != workdir and launch.cwd is None
+        process.cwd, process.owns_cwd, process.launch = cwd, cwd != workdir and launch.cwd is None, launch
         if bridge:
             process.bridge = self.bridges[bridge.secret] = bridge
         self.live.add(process)
@@ -1700,7 +1760,7 @@ class Runner:
         prompt = build_prompt(conversation.turns, self.settings.system_prompt_mode)
         system = "\n\n".join(x for x in (prompt.system, conversation.tool_instruction) if x) or None
         launch = Launch(model=conversation.cli_model, system_prompt=system, cwd=self.settings.cwd or None,
-                        tools=conversation.tools, persist=self.sessions is not None)
+                        tools=conversation.tools, persist=self.sessions is not None, json_schema=conversation.schema)
         if found := self._find_session(conversation):
             key, start = found
             new_turns = conversation.turns[start:]
@@ -1766,8 +1826,11 @@ class Runner:
         return await self._begin(process, content, conversation, deadline)
 
     async def _session_process(self, launch: Launch, session: Session) -> ClaudeProcess:
-        if session.process is not None and session.process.running():
-            return session.process
+        """The kept process, if it still runs and was started for the same model, system prompt, tools and schema
+        (a conversation's key does not cover its tools or schema); else one resuming the session from disk."""
+        kept = session.process
+        if kept is not None and kept.running() and launch.same_run(kept.launch):
+            return kept
         if session.process is not None:
             await self.processes.retire(session.process)
             session.process = None
@@ -2224,6 +2287,7 @@ class ChatRequest(_Lenient):
     stream_options: StreamOptions | None = None
     tools: list[ToolDef] | None = None
     tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
     n: int | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
@@ -2311,11 +2375,19 @@ def tool_choice_instruction(req: ChatRequest) -> str | None:
     return tool_instruction(choice, names, "tool_choice")
 
 
+def chat_schema(req: ChatRequest) -> str | None:
+    """response_format: {"type": "json_schema", "json_schema": {"name", "schema", "strict"}}, json_object or text."""
+    form = req.response_format or {}
+    named = form.get("json_schema")
+    schema = named.get("schema") if isinstance(named, dict) else None
+    return output_schema(form.get("type"), schema, "response_format.json_schema.schema")
+
+
 def chat_conversation(req: ChatRequest, settings: Settings) -> Conversation:
     """The neutral request of a Chat Completions request."""
     turns = tuple(chat_turn(message, f"messages[{i}]") for i, message in enumerate(req.messages))
     return Conversation(req.model, resolve_model(req.model, settings), turns, bridge_tools(req),
-                        tool_choice_instruction(req))
+                        tool_choice_instruction(req), chat_schema(req))
 
 
 def openai_usage(tokens: Mapping[str, int], cost: float | None) -> dict[str, Any]:
@@ -2590,8 +2662,10 @@ def responses_conversation(req: ResponsesRequest, settings: Settings, store: Res
         choice = choice.get("name") if choice.get("type") == "function" else None
     instruction = tool_instruction(choice, [f.name for f in functions], "tool_choice") if functions else None
     tools = tuple(mcp_tool(f.name, f.description, f.parameters) for f in functions)
+    form = (req.text or {}).get("format") or {}
+    schema = output_schema(form.get("type"), form.get("schema"), "text.format.schema")
     return Conversation(req.model, resolve_model(req.model, settings), responses_turns(req, store), tools,
-                        instruction)
+                        instruction, schema)
 
 
 def responses_usage(answer: Answer) -> dict[str, Any]:

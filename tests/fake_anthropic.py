@@ -19,6 +19,8 @@ human-written user text (see ``latest_user_text``). Several directives combine. 
     [[usage:IN,OUT,CR,CC]]    usage reported: input, output, cache_read, cache_creation (default 12,5,0,0)
     [[maxtokens]]             stop_reason max_tokens
     [[echo]]                  answer "len=<chars of the latest user text> tail=<its last 20 characters>"
+    [[structured:JSON]]       end by calling Claude Code's StructuredOutput tool (--json-schema) with input JSON: at
+                              once, or after a tool cycle's results (with the "Tool said: …" text before it)
 
 What the Claude Code CLI 2.1.197 sends and does (measured with this fake; see also
 /work/shared/docs/claude-cli-contract.md):
@@ -210,6 +212,7 @@ def make_plan(body: dict, next_tool_id: Callable[[], str]) -> Plan:
     think = False
     calls: list[tuple[str, str, str | None, Any]] = []  # (directive, asked name, request tool name or None, input)
     loop = False
+    structured: Any = None
     for name, arg in directives:
         arg = arg if arg is not None else ""
         if name == "reply":
@@ -233,6 +236,8 @@ def make_plan(body: dict, next_tool_id: Callable[[], str]) -> Plan:
             answer = f"len={len(text)} tail={text[-20:]}"
         elif name == "loop":
             loop = True
+        elif name == "structured":
+            structured = json.loads(arg)
         elif name == "bash":
             calls.append(("bash", "Bash", find_tool(tools, "Bash"), {"command": arg, "description": "run command"}))
         elif name == "tool":
@@ -256,6 +261,8 @@ def make_plan(body: dict, next_tool_id: Callable[[], str]) -> Plan:
         raw = all(kind == "bash" for kind, _, _, _ in calls)
         shown = [result_text(r) if raw or not r.get("is_error") else f"ERROR({result_text(r)})" for r in results]
         plan.blocks.append({"type": "text", "text": "Tool said: " + " | ".join(shown)})
+        if structured is not None:
+            _call_structured_output(plan, tools, structured, next_tool_id)
     elif calls:
         missing = [asked for _, asked, found, _ in calls if found is None]
         if missing:
@@ -265,9 +272,20 @@ def make_plan(body: dict, next_tool_id: Callable[[], str]) -> Plan:
             for _, _, name, tool_input in calls:
                 plan.blocks.append({"type": "tool_use", "id": next_tool_id(), "name": name, "input": tool_input})
             plan.stop_reason = "tool_use"
+    elif structured is not None:
+        _call_structured_output(plan, tools, structured, next_tool_id)
     else:
         plan.blocks.append({"type": "text", "text": DEFAULT_TEXT if answer is None else answer})
     return plan
+
+
+def _call_structured_output(plan: Plan, tools: list[dict], value: Any, next_tool_id: Callable[[], str]) -> None:
+    name = find_tool(tools, "StructuredOutput")
+    if name is None:
+        plan.blocks.append({"type": "text", "text": "NO TOOL StructuredOutput"})
+        return
+    plan.blocks.append({"type": "tool_use", "id": next_tool_id(), "name": name, "input": value})
+    plan.stop_reason = "tool_use"
 
 
 def error_body(status: int) -> dict:

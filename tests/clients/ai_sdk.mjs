@@ -8,6 +8,8 @@
 //     generateText (or streamText with --stream) with the tool get_weather {city} whose execute returns TEXT
 //     (default "21C sunny"), stopWhen stepCountIs(2): step 1 calls the tool, the SDK runs execute, step 2 sends
 //     the result back and gets the answer.
+//   node ai_sdk.mjs object BASE_URL PROMPT [--stream]   generateObject (streamObject) with the schema {city, temp}:
+//     prints {ai_version, requests, object, partials (streamed), finish_reason, usage}
 // BASE_URL ends in /v1; the key comes from OPENAI_API_KEY or ANTHROPIC_API_KEY, else "unused". Every request the
 // SDK sends is recorded by a fetch wrapper. Prints one JSON object: {ai_version, provider_version, requests: [{url,
 // headers, body}], text, finish_reason, usage, response_id, reasoning, deltas, steps: [...]}.
@@ -112,6 +114,27 @@ async function tools() {
   return { ...out, executed };
 }
 
-const modes = { generate, stream, tools };
-if (!Object.hasOwn(modes, mode)) throw new Error(`unknown mode ${mode}: use generate, stream or tools`);
+async function object() {
+  const schema = ai.jsonSchema({
+    type: "object", properties: { city: { type: "string" }, temp: { type: "number" } },
+    required: ["city", "temp"], additionalProperties: false,
+  });
+  const options = { model, prompt, maxRetries: 0, schema };
+  if (!values.stream) {
+    const result = await ai.generateObject(options);
+    return { ai_version: version("ai"), requests, object: result.object, finish_reason: result.finishReason,
+             usage: result.usage };
+  }
+  const errors = [];
+  const result = ai.streamObject({ ...options, onError: ({ error }) => errors.push(String(error)) });
+  const partials = [];
+  for await (const partial of result.partialObjectStream) partials.push(partial);
+  const out = { ai_version: version("ai"), requests, object: await result.object, partials,
+                finish_reason: await result.finishReason, usage: await result.usage };
+  if (errors.length) out.errors = errors;
+  return out;
+}
+
+const modes = { generate, stream, tools, object };
+if (!Object.hasOwn(modes, mode)) throw new Error(`unknown mode ${mode}: use generate, stream, tools or object`);
 console.log(JSON.stringify(await modes[mode]()));
