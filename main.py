@@ -108,7 +108,11 @@ class Settings:
         "CLAUDE_PERMISSION_MODE", "bypassPermissions", "Claude Code permission mode",
         ("bypassPermissions", "default", "acceptEdits", "plan"),
     )
-    cwd: str = setting("CLAUDE_CWD", "", "working directory for the CLI; empty: a fresh temporary one per run")
+    cwd: str = setting(
+        "CLAUDE_CWD", "",
+        "working directory of the CLI; empty: a folder of its own per conversation (under CLAUDE_STATE_DIR, removed "
+        "when the conversation expires), or a temporary one removed after the run when sessions are off",
+    )
     system_prompt_mode: str = setting(
         "CLAUDE_SYSTEM_PROMPT_MODE", "append", "where the client's system prompt goes",
         ("append", "replace", "inline"),
@@ -176,9 +180,9 @@ SETTING_TYPES: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "b
 def settings_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     """An argparse parser with one --flag per Settings field, its default taken from the environment."""
     parser = argparse.ArgumentParser(
-        prog="main.py",
-        description="Serve the Claude Code CLI as an OpenAI-compatible API. "
-        "Every flag can also be set with the environment variable shown.",
+        prog="./run.sh",
+        description="Serve the Claude Code CLI as a local API (OpenAI Chat Completions and Responses, Anthropic "
+        "Messages). Every flag can also be set with the environment variable shown.",
     )
     for f in dataclasses.fields(Settings):
         env, kind = f.metadata["env"], str(f.type)
