@@ -1026,13 +1026,17 @@ def span(seconds: float) -> str:
     return " ".join(part for part in parts if part and not part.startswith("0 "))
 
 
+def utc_minute(moment: float) -> str:
+    """A time for people: "2026-11-25 03:10 UTC"."""
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(moment))
+
+
 def plan_limit_error(kind: str, resets_at: float | None, now: float) -> PlanLimitReached:
     """The 429 of a reached plan limit, saying which one and when it resets (Retry-After: until then)."""
     if resets_at is None:
         return PlanLimitReached(f"Claude's {limit_name(kind)} is reached", retry_after=60)
-    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(resets_at))
-    return PlanLimitReached(f"Claude's {limit_name(kind)} is reached; it resets at {when} (in {span(resets_at - now)})",
-                            retry_after=max(resets_at - now, 1.0))
+    return PlanLimitReached(f"Claude's {limit_name(kind)} is reached; it resets at {utc_minute(resets_at)} (in "
+                            f"{span(resets_at - now)})", retry_after=max(resets_at - now, 1.0))
 
 
 def cut_short(result: dict[str, Any], stop_reason: str | None) -> str | None:
@@ -1360,7 +1364,7 @@ class PlanLimits:
             return
         self._logged = {seen for seen in self._logged if seen[2] is None or seen[2] > now} | {key}
         used = f" ({window.utilization:.0%} used)" if window.utilization is not None else ""
-        resets = f"; it resets at {utc_time(window.resets_at)}" if window.resets_at else ""
+        resets = f"; it resets at {utc_minute(window.resets_at)}" if window.resets_at else ""
         state = "is reached" if window.status == "rejected" else "is close"
         logger.warning("Claude's %s %s%s%s", limit_name(window.kind), state, used, resets)
 
@@ -1545,7 +1549,6 @@ def check_budget(settings: Settings, ledger: Ledger) -> None:
         raise BudgetExhausted(f"The daily budget (CLAUDE_DAILY_BUDGET_USD, ${settings.daily_budget_usd:g}) is spent: "
                               f"${spent:.4f} today; requests are refused until 00:00 UTC",
                               retry_after=next_utc_day(now) - now)
-
 
 
 # ── 7. Runs: a process at work for a request, and where idle processes wait ─
@@ -3478,10 +3481,6 @@ def table(head: Sequence[str], rows: Sequence[tuple[str, Sequence[str]]], numeri
     return f'<div class="scroll"><table><thead><tr>{cells("th", head)}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
-def when(moment: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(moment))
-
-
 def claude_section(processes: Processes, login: Mapping[str, Any]) -> str:
     logged = login.get("logged_in")
     state = "yes" if logged else "no" if logged is False else "unknown"
@@ -3503,7 +3502,7 @@ def plan_section(limits: PlanLimits, now: float) -> str:
         words, level = LIMIT_STATES.get(status, (status, ""))
         used = f" · {window.utilization:.0%} used" if window.utilization is not None else ""
         reset = window.resets_at
-        later = f" · resets {when(reset)} (in {span(reset - now)})" if reset and reset > now else ""
+        later = f" · resets {utc_minute(reset)} (in {span(reset - now)})" if reset and reset > now else ""
         meter = (f'<meter min="0" max="1" low="0.75" high="0.9" optimum="0" value="{window.utilization}"></meter>'
                  if window.utilization is not None else "")
         kind = html.escape(window.kind)
@@ -3564,7 +3563,7 @@ async def status_page(request: Request) -> Response:
     signed_in = '<form method="post" action="/status/logout"><button>Sign out</button></form>' if settings.token else ""
     problem = f'<p class="bad">Usage ledger: {html.escape(ledger.error)}</p>' if ledger.error else ""
     body = (f'<header><h1>Claude Code proxy</h1><p class="muted">claude-code-openai-proxy {__version__} · '
-            f"{when(now)} · refreshes every {STATUS_REFRESH_S} s</p>{signed_in}</header>{problem}"
+            f"{utc_minute(now)} · refreshes every {STATUS_REFRESH_S} s</p>{signed_in}</header>{problem}"
             + claude_section(runner.processes, await runner.login.current()) + plan_section(runner.limits, now)
             + runner_section(runner) + today_section(today, settings, ledger.spent_today(now))
             + f"<h2>Last {RECENT_REQUESTS} requests</h2>"

@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from fake_anthropic import unified_headers
 from proxy_fixtures import fake_claude_calls
 from proxy_harness import wait_until
+from test_usage_units import read_only
 
 CHAT = "/v1/chat/completions"
 UNIFIED = "anthropic-ratelimit-unified"
@@ -135,6 +136,19 @@ def test_a_corrupt_ledger_does_not_stop_the_proxy(make_fake_proxy, tmp_path) -> 
     assert report["days"] == [] and "cannot open" in report["ledger"]["error"]
     assert "Usage ledger: cannot open" in httpx.get(proxy.url + "/status").text
     assert proxy.output().count("usage ledger") == 1
+
+
+def test_a_read_only_ledger_does_not_stop_the_proxy(make_fake_proxy, tmp_path) -> None:
+    first = make_fake_proxy()
+    assert chat(first).status_code == 200
+    ledger_rows(tmp_path / "state", 1)
+    first.stop()
+    with read_only(tmp_path / "state" / "usage.sqlite3"):
+        proxy = make_fake_proxy()
+        assert chat(proxy).status_code == 200
+        report = usage(proxy)
+        assert report["totals"]["requests"] == 1 and "readonly" in report["ledger"]["error"]
+        assert proxy.output().count("usage ledger") == 1
 
 
 def test_a_client_that_leaves_is_recorded(make_fake_proxy, tmp_path) -> None:

@@ -90,8 +90,8 @@ def test_warnings_are_logged_once_per_window(caplog: pytest.LogCaptureFixture) -
         limits.note({**WARNING, "resetsAt": NOW + 20000}, NOW + 3)  # the next window
         limits.note({**WARNING, "status": "allowed"}, NOW + 4)
     assert [r.getMessage() for r in caplog.records] == [
-        f"Claude's 5-hour session limit is close (91% used); it resets at {main.utc_time(NOW + 3600)}",
-        f"Claude's 5-hour session limit is close (91% used); it resets at {main.utc_time(NOW + 20000)}",
+        f"Claude's 5-hour session limit is close (91% used); it resets at {main.utc_minute(NOW + 3600)}",
+        f"Claude's 5-hour session limit is close (91% used); it resets at {main.utc_minute(NOW + 20000)}",
     ]
 
 
