@@ -22,6 +22,22 @@ human-written user text (see ``latest_user_text``). Several directives combine. 
     [[structured:JSON]]       end by calling Claude Code's StructuredOutput tool (--json-schema) with input JSON: at
                               once, or after a tool cycle's results (with the "Tool said: …" text before it)
 
+Plan limits: ``fake.rate_limit = unified_headers(...)`` makes every /v1/messages answer carry Anthropic's
+``anthropic-ratelimit-unified-*`` headers, and a 429 (rate_limit_error, with the headers) when their status is
+"rejected". CLI 2.1.197 reads them only when logged in with a subscription (``cli_environment(..., subscription=True)``:
+CLAUDE_CODE_OAUTH_TOKEN and no API key) and then writes a stream-json event whenever what it knows changes (a new
+process: with its first API answer, after the first ``assistant`` event), measured:
+    {"type": "rate_limit_event", "rate_limit_info": {"status": "allowed_warning", "resetsAt": 1795570672,
+     "rateLimitType": "five_hour", "utilization": 0.91, "isUsingOverage": false, "surpassedThreshold": 0.9},
+     "uuid": "...", "session_id": "..."}
+* allowed_warning: the first window (5h, 7d, 7d_oi, overage) with a ``-surpassed-threshold`` header, whatever the
+  status header says; its utilization and reset are that window's (``-7d-surpassed-threshold`` gives seven_day).
+* allowed: ``{"status": "allowed", "resetsAt": <-reset>, "rateLimitType": <-representative-claim>,
+  "isUsingOverage": false}``: no utilization.
+* rejected: the same keys, status "rejected", before anything else of the run; then a synthetic ``assistant`` event
+  (model "<synthetic>") and the result ``{"is_error": true, "api_error_status": 429, "result": "You've hit your
+  session limit · resets 1:37am (UTC)"}`` ("weekly limit" for seven_day); the 429 is not retried.
+
 What the Claude Code CLI 2.1.197 sends and does (measured with this fake; see also
 /work/shared/docs/claude-cli-contract.md):
 * ``HEAD <base URL path>`` once at startup (preflight); POSTs go to ``<base path>/v1/messages?beta=true``.
@@ -288,6 +304,22 @@ def _call_structured_output(plan: Plan, tools: list[dict], value: Any, next_tool
     plan.stop_reason = "tool_use"
 
 
+UNIFIED = "anthropic-ratelimit-unified"
+
+
+def unified_headers(status: str = "allowed", claim: str = "five_hour", reset: float | None = None,
+                    windows: dict[str, dict[str, float]] | None = None) -> dict[str, str]:
+    """Anthropic's plan-limit headers: the overall status, its reset (epoch seconds; default in an hour) and
+    representative claim, and per window (``{"5h": {"utilization": 0.91, "reset": ..., "surpassed-threshold": 0.9}}``)
+    ``anthropic-ratelimit-unified-<window>-<field>``."""
+    headers = {f"{UNIFIED}-status": status, f"{UNIFIED}-reset": str(int(reset or time.time() + 3600)),
+               f"{UNIFIED}-representative-claim": claim}
+    for window, fields in (windows or {}).items():
+        for name, value in fields.items():
+            headers[f"{UNIFIED}-{window}-{name}"] = str(int(value)) if name == "reset" else f"{value:g}"
+    return headers
+
+
 def error_body(status: int) -> dict:
     kind = ERROR_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
     return {"type": "error", "error": {"type": kind, "message": f"fake {status} error"}, "request_id": "req_fake"}
@@ -452,13 +484,17 @@ class _Handler(BaseHTTPRequestHandler):
             return
         model = str(body.get("model", "claude-fake"))
         message_id = fake._next_message_id()
+        limits = dict(fake.rate_limit)
+        if limits.get(f"{UNIFIED}-status") == "rejected":
+            self._send_json(429, error_body(429), limits)
+            return
         try:
             if not body.get("stream"):
                 self._wait(plan.slow)
                 if plan.error_status is not None:
                     self._send_error(plan.error_status)
                 else:
-                    self._send_json(200, message_json(plan, message_id, model))
+                    self._send_json(200, message_json(plan, message_id, model), limits)
                 return
             if plan.error_status is not None:
                 self._wait(plan.slow)
@@ -469,6 +505,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("cache-control", "no-cache")
             self.send_header("request-id", "req_fake")
             self.send_header("transfer-encoding", "chunked")
+            for key, value in limits.items():
+                self.send_header(key, value)
             self.end_headers()
             self.wfile.flush()
             self._wait(plan.slow)
@@ -498,10 +536,12 @@ class FakeAnthropic:
 
     ``max_deltas``: the most text or thinking deltas one streamed block is cut into (default 64); ``None`` streams
     one delta per word however long the answer (bench/bench.py's throughput part).
+    ``rate_limit``: plan-limit headers sent with every answer (see ``unified_headers``); status "rejected": 429.
     """
 
     def __init__(self, max_deltas: int | None = MAX_DELTAS) -> None:
         self.max_deltas = max_deltas
+        self.rate_limit: dict[str, str] = {}
         self.base_url = ""
         self.requests: list[dict] = []
         self.other_requests: list[dict] = []
@@ -603,16 +643,22 @@ class FakeAnthropic:
             return f"toolu_fake_{self._tool_count}"
 
 
-def cli_environment(home: str, base_url: str) -> dict[str, str]:
+def cli_environment(home: str, base_url: str, subscription: bool = False) -> dict[str, str]:
     """An environment for the real CLI against this fake: an isolated HOME, only the fake API reachable, no retries,
     no telemetry or other side traffic, and nothing Claude-, Anthropic- or proxy-related inherited (a
-    CLAUDE_CONFIG_DIR would bypass the isolated HOME). Used by the tests' cli_env fixture and by bench/."""
+    CLAUDE_CONFIG_DIR would bypass the isolated HOME). Used by the tests' cli_env fixture and by bench/.
+
+    ``subscription``: logged in as with a Claude subscription (CLAUDE_CODE_OAUTH_TOKEN, no API key), the only way
+    the CLI reads the plan-limit headers."""
     env = {key: value for key, value in os.environ.items()
            if not key.startswith(("CLAUDE", "ANTHROPIC_", "PROXY_")) and key != "MODEL_NAME"}
     no_proxy = ",".join(filter(None, [env.get("NO_PROXY") or env.get("no_proxy"), "127.0.0.1,localhost"]))
     env.update(HOME=home, ANTHROPIC_BASE_URL=base_url, ANTHROPIC_API_KEY="test-key",
                CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1", DISABLE_TELEMETRY="1", DISABLE_AUTOUPDATER="1",
                CLAUDE_CODE_MAX_RETRIES="0", NO_PROXY=no_proxy, no_proxy=no_proxy)
+    if subscription:
+        del env["ANTHROPIC_API_KEY"]
+        env["CLAUDE_CODE_OAUTH_TOKEN"] = "test-oauth-token"
     if os.geteuid() == 0:
         env["IS_SANDBOX"] = "1"  # the CLI refuses to skip permissions as root otherwise
     return env

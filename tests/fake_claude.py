@@ -11,6 +11,8 @@ tell: it reads one user message from stdin, then writes events. FAKE_CLAUDE_MODE
     garbage        non-JSON lines between the events of "reply"
     error_result   a result with is_error and api_error_status FAKE_CLAUDE_STATUS (default 500)
 
+`claude auth status` prints {"loggedIn": true, "authMethod": "api_key", …} (FAKE_CLAUDE_LOGIN=0: logged out).
+
 Every invocation appends {"argv", "stdin", "env", "pid"} as a JSON line to FAKE_CLAUDE_LOG when it is set.
 """
 
@@ -62,6 +64,11 @@ def main():
     if "--version" in sys.argv:
         print(VERSION)
         return 0
+    if sys.argv[1:3] == ["auth", "status"]:
+        logged_in = os.environ.get("FAKE_CLAUDE_LOGIN", "1") == "1"
+        print(json.dumps({"loggedIn": logged_in, "authMethod": "api_key" if logged_in else "none",
+                          "apiProvider": "firstParty"}, indent=2))
+        return 0 if logged_in else 1
     if "--verbose" not in sys.argv:
         print("Error: When using --print, --output-format=stream-json requires --verbose", file=sys.stderr)
         return 1

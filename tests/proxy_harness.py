@@ -49,7 +49,7 @@ class Proxy:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the proxy exited with {self.proc.returncode}:\n{self.output()}")
             try:
-                httpx.get(self.url + "/", timeout=1)
+                httpx.get(self.url + "/v1/models", timeout=1)  # any answer will do (not GET /: it asks the CLI)
                 return self
             except httpx.HTTPError:
                 time.sleep(0.1)

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fake_anthropic import DEFAULT_TEXT, FakeAnthropic, latest_user_text, run_cli
+from fake_anthropic import DEFAULT_TEXT, FakeAnthropic, cli_environment, latest_user_text, run_cli, unified_headers
 
 
 @pytest.fixture
@@ -199,6 +199,68 @@ def test_loop_hits_max_turns(claude_bin, cli_env, fake_api, workdir):
     result = events.result()
     assert result["subtype"] == "error_max_turns" and result["is_error"] is True
     assert len(fake_api.main_requests()) == 1
+
+
+def rate_limit_events(events) -> list[dict]:
+    return [e["rate_limit_info"] for e in events if e.get("type") == "rate_limit_event"]
+
+
+@pytest.fixture
+def subscription_env(tmp_path: Path, fake_api: FakeAnthropic) -> dict[str, str]:
+    home = tmp_path / "subscription-home"
+    home.mkdir()
+    return cli_environment(str(home), fake_api.base_url, subscription=True)
+
+
+def test_plan_limit_headers_become_rate_limit_events_with_a_subscription(claude_bin, subscription_env, fake_api,
+                                                                        workdir):
+    reset, weekly = int(time.time()) + 3600, int(time.time()) + 3 * 86400
+    fake_api.rate_limit = unified_headers("allowed", reset=reset, windows={
+        "5h": {"utilization": 0.91, "reset": reset, "surpassed-threshold": 0.9},
+        "7d": {"utilization": 0.42, "reset": weekly}})
+    events = run_cli(claude_bin, subscription_env, "hi", cwd=workdir)
+    assert events.result()["is_error"] is False
+    [info] = rate_limit_events(events)
+    assert info == {"status": "allowed_warning", "resetsAt": reset, "rateLimitType": "five_hour", "utilization": 0.91,
+                    "isUsingOverage": False, "surpassedThreshold": 0.9}
+    assert fake_api.requests[0]["headers"]["authorization"] == "Bearer test-oauth-token"
+
+    fake_api.rate_limit = unified_headers("allowed", reset=reset, windows={"5h": {"utilization": 0.2, "reset": reset}})
+    [info] = rate_limit_events(run_cli(claude_bin, subscription_env, "hi", cwd=workdir))
+    assert info == {"status": "allowed", "resetsAt": reset, "rateLimitType": "five_hour", "isUsingOverage": False}
+
+
+def test_a_rejected_plan_limit_is_a_429_result(claude_bin, subscription_env, fake_api, workdir):
+    reset = int(time.time()) + 600
+    fake_api.rate_limit = unified_headers("rejected", claim="seven_day", reset=reset)
+    events = run_cli(claude_bin, subscription_env, "hi", cwd=workdir)
+    assert [e["type"] for e in events if e["type"] != "system"][:1] == ["rate_limit_event"]
+    assert rate_limit_events(events) == [{"status": "rejected", "resetsAt": reset, "rateLimitType": "seven_day",
+                                          "isUsingOverage": False}]
+    result = events.result()
+    assert result["is_error"] is True and result["api_error_status"] == 429
+    assert result["result"].startswith("You've hit your weekly limit")
+    assert len(fake_api.requests) == 1
+
+
+def test_an_api_key_login_reports_no_plan_limits(claude_bin, cli_env, fake_api, workdir):
+    fake_api.rate_limit = unified_headers("allowed_warning", windows={"5h": {"utilization": 0.95,
+                                                                           "surpassed-threshold": 0.9}})
+    assert rate_limit_events(run_cli(claude_bin, cli_env, "hi", cwd=workdir)) == []
+
+
+def test_plan_limit_headers_on_every_answer(fake_api):
+    fake_api.rate_limit = unified_headers("allowed", reset=1800000000, windows={"7d": {"utilization": 0.5}})
+    for stream in (True, False):
+        response = httpx.post(fake_api.base_url + "/v1/messages", json=user_body("hi", stream=stream))
+        assert response.status_code == 200
+        assert response.headers["anthropic-ratelimit-unified-status"] == "allowed"
+        assert response.headers["anthropic-ratelimit-unified-reset"] == "1800000000"
+        assert response.headers["anthropic-ratelimit-unified-7d-utilization"] == "0.5"
+    fake_api.rate_limit = unified_headers("rejected")
+    response = httpx.post(fake_api.base_url + "/v1/messages", json=user_body("hi"))
+    assert response.status_code == 429 and response.json()["error"]["type"] == "rate_limit_error"
+    assert response.headers["anthropic-ratelimit-unified-status"] == "rejected"
 
 
 def test_title_request_is_a_side_request(claude_bin, cli_env, fake_api, workdir):
