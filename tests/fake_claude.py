@@ -12,6 +12,8 @@ tell: it reads one user message from stdin, then writes events. FAKE_CLAUDE_MODE
     error_result   a result with is_error and api_error_status FAKE_CLAUDE_STATUS (default 500)
 
 Every invocation appends {"argv", "stdin", "env", "pid"} as a JSON line to FAKE_CLAUDE_LOG when it is set.
+`--version` prints VERSION; `--help` prints the flags listed in FAKE_CLAUDE_FLAGS (default: HELP_FLAGS, those the
+proxy probes for), one per line. Control requests on stdin are not understood: the first line is taken as the prompt.
 """
 
 import json
@@ -20,6 +22,7 @@ import sys
 import time
 
 VERSION = "2.1.197 (Claude Code)"
+HELP_FLAGS = "--exclude-dynamic-system-prompt-sections"
 
 
 def emit(event):
@@ -61,6 +64,11 @@ def log_invocation(stdin_text):
 def main():
     if "--version" in sys.argv:
         print(VERSION)
+        return 0
+    if "--help" in sys.argv:
+        print("Usage: claude [options] [command] [prompt]\n\nOptions:")
+        for flag in os.environ.get("FAKE_CLAUDE_FLAGS", HELP_FLAGS).split():
+            print(f"  {flag}")
         return 0
     if "--verbose" not in sys.argv:
         print("Error: When using --print, --output-format=stream-json requires --verbose", file=sys.stderr)
