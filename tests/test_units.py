@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+from pathlib import Path
 
 import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
@@ -265,6 +267,12 @@ def test_the_flags_a_cli_knows_are_read_from_its_help() -> None:
     assert {"--add-dir", "--exclude-dynamic-system-prompt-sections", "--print", "--tools"} <= flags
     assert "--p" not in flags and not any(flag.endswith("-") for flag in flags)
     assert main.cli_flags_of("") == frozenset()
+
+
+def test_the_supported_cli_range_is_what_the_tests_pin() -> None:
+    run_sh = (Path(__file__).parent / "run.sh").read_text()
+    pins = dict(re.findall(r'^(CLAUDE_CLI_OLDEST|CLAUDE_CLI_VERSION)="([\d.]+)"', run_sh, re.MULTILINE))
+    assert (pins["CLAUDE_CLI_OLDEST"], pins["CLAUDE_CLI_VERSION"]) == main.SUPPORTED_CLI
 
 
 def test_dynamic_system_prompt_sections_are_excluded_only_on_clis_that_know_the_flag() -> None:
