@@ -180,7 +180,8 @@ def test_new_conversations_in_different_folders_share_the_tools_and_system_promp
     first, second = fake_api.main_requests()
     assert cached_prefix(first) == cached_prefix(second)
     # Each ran in a folder of its own: the per-machine sections, with its path, are in the first user message.
-    folders = [re.search(r"Primary working directory: (\S+)", json.dumps(body["messages"])) for body in (first, second)]
+    folders = [re.search(r"Primary working directory: ([^\s\\]+)", json.dumps(body["messages"]))
+               for body in (first, second)]
     assert folders[0] and folders[1] and folders[0][1] != folders[1][1]
     assert not any(folder[1] in cached_prefix(body) for folder, body in zip(folders, (first, second)))
 
