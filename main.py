@@ -19,7 +19,8 @@ Contents, each section using only those above it:
     5. Interpreter       CLI events -> answer events and an Answer (the only reader of stream-json)
     6. Usage and limits  the plan's limits as Claude Code reports them, the usage ledger (SQLite)
     7. Runs              Run and its states, admission, the warm pool, sessions, parked runs
-    8. Runner            Processes (start/stop), the login check, Runner (routing a conversation, keeping processes)
+    8. Runner            Processes (what the CLI offers, start/stop, the login check) and Runner (routing a
+                         conversation, keeping processes)
     9. HTTP plumbing     guards, one log line and one ledger row per request, bodies, tokens, budgets, the stream
                          driver shared by every door
    10. Chat Completions  the OpenAI door: request models, parser, renderer, handler
@@ -181,11 +182,14 @@ CLAUDE_INSTALL_PLACES = (
 )
 CHILD_ENV_DROPPED = ("CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT", "CLAUDE_PROXY_TOKEN")
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
+EXCLUDE_DYNAMIC_SECTIONS = "--exclude-dynamic-system-prompt-sections"
 MCP_SERVER = "tools"
 MCP_PREFIX = f"mcp__{MCP_SERVER}__"
 SSE_DONE = "data: [DONE]\n\n"
 STDERR_TAIL_LINES = 40
 STOP_GRACE_S = 2.0
+CONTROL_WAIT_S = 15.0  # seconds a started CLI may take to answer a control request
+SUPPORTED_CLI = ("2.1.197", "2.1.331")  # the oldest and newest Claude Code the tests drive (tests/run.sh)
 SYSTEM_PROMPT_FILE_BYTES = 100_000
 MAX_SESSIONS = 1000  # conversations remembered for resuming; the oldest beyond are forgotten
 MAX_MODEL_ID = 256  # characters; a longer "model" is a 400
@@ -563,17 +567,20 @@ def _canonical_json(text: str) -> str:
 
 
 CLAUDE_MODEL_ID = re.compile(r"claude-(?:[a-z]+-)*\d[\w.\-]*(?:\[1m\])?")
+MODEL_ALIAS = re.compile(r"[a-z]+(?:\[1m\])?")  # the shape of the CLI's aliases: sonnet, opus[1m], fable, ...
 
 
 def resolve_model(requested: str, settings: Settings) -> str | None:
-    """The --model value for a requested id (None: the CLI's default): an alias or an id that names a Claude model
-    (claude-<family>-<version>…); anything else, the old default id included, raises ModelNotFound."""
+    """The --model value for a requested id (None: the CLI's default): an alias-shaped word or an id that names a
+    Claude model (claude-<family>-<version>…), which the CLI resolves (one it cannot use is a ModelNotFound from the
+    run); anything else, the old default id included, raises ModelNotFound."""
     if requested == settings.model_name:
         return None
-    if requested in MODEL_ALIASES or CLAUDE_MODEL_ID.fullmatch(requested):
+    if MODEL_ALIAS.fullmatch(requested) or CLAUDE_MODEL_ID.fullmatch(requested):
         return requested
     valid = ", ".join((settings.model_name, *MODEL_ALIASES, "claude-<model>-<version>"))
-    raise ModelNotFound(f"The model '{requested[:200]}' does not exist. Valid ids: {valid}", param="model")
+    raise ModelNotFound(f"The model '{requested[:200]}' does not exist. Valid ids: {valid}, or an alias that "
+                        "GET /v1/models lists", param="model")
 
 
 def mcp_tool(name: str, description: str | None, parameters: dict[str, Any] | None) -> str:
@@ -696,8 +703,9 @@ class Launch:
 
 
 def build_argv(claude_bin: str, settings: Settings, launch: Launch, system_prompt_file: str | None = None,
-               mcp_url: str | None = None) -> list[str]:
-    """The CLI's argv. The prompt is never in it: it goes on stdin as stream-json.
+               mcp_url: str | None = None, cli_flags: frozenset[str] = frozenset()) -> list[str]:
+    """The CLI's argv. The prompt is never in it: it goes on stdin as stream-json. `cli_flags` are the flags the
+    installed CLI lists in --help (cli_flags_of): optional flags it lacks are left out.
 
     Caller-controlled values use --flag=value so that a value starting with '-' cannot become a flag
     (CLI 2.1.197 parses any such argv word as an option).
@@ -709,6 +717,12 @@ def build_argv(claude_bin: str, settings: Settings, launch: Launch, system_promp
     ]
     if settings.max_budget_usd > 0:
         argv.append(f"--max-budget-usd={settings.max_budget_usd}")
+    if EXCLUDE_DYNAMIC_SECTIONS in cli_flags:
+        # Claude Code writes the working directory, memory path and environment into its system prompt, and the
+        # proxy gives every conversation a folder of its own: two conversations then share no cached prefix. This
+        # flag (CLI 2.1.197 and later) moves those sections into the first user message, so the tools and system
+        # prompt are byte-identical across conversations and read from the prompt cache instead of written again.
+        argv.append(EXCLUDE_DYNAMIC_SECTIONS)
     if not launch.persist:
         argv.append("--no-session-persistence")
     if launch.resume:
@@ -725,7 +739,10 @@ def build_argv(claude_bin: str, settings: Settings, launch: Launch, system_promp
         # Claude Code then ends by calling its StructuredOutput tool, validated against the schema (CLI 2.1.197).
         argv.append(f"--json-schema={launch.json_schema}")
     if mcp_url:
-        config = {"mcpServers": {MCP_SERVER: {"type": "http", "url": mcp_url}}}
+        # alwaysLoad: the client's tools are always in the prompt, never deferred behind Claude Code's tool search
+        # (which hides MCP tools on CLI 2.1.331 whenever its own tools are on, and on 2.1.197 with
+        # ENABLE_TOOL_SEARCH); on 2.1.331 it also makes the first turn wait until this server is connected.
+        config = {"mcpServers": {MCP_SERVER: {"type": "http", "url": mcp_url, "alwaysLoad": True}}}
         argv += [f"--mcp-config={json.dumps(config)}", "--strict-mcp-config", f"--allowedTools=mcp__{MCP_SERVER}"]
         if not settings.keep_builtin_tools:
             argv.append("--tools=")
@@ -738,13 +755,29 @@ def child_env(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:
     env.setdefault("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1")
     env["CLAUDE_CODE_MAX_RETRIES"] = str(settings.max_retries)
     env["MCP_TOOL_TIMEOUT"] = str(int((settings.tool_wait + settings.timeout) * 1000))
+    # A client tool call is held until the client's next request brings its result. CLI 2.1.331 moves an MCP call
+    # still running after CLAUDE_CODE_MCP_AUTO_BACKGROUND_MS (2 minutes when CLAUDE_AUTO_BACKGROUND_TASKS is on) to
+    # the background and answers the model "still running" in its place; 0 turns that off.
+    env["CLAUDE_CODE_MCP_AUTO_BACKGROUND_MS"] = "0"
     return env
+
+
+def cli_flags_of(help_text: str) -> frozenset[str]:
+    """The long flags a CLI's --help lists (how version-dependent flags are detected)."""
+    return frozenset(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", help_text))
 
 
 def user_message(content: list[dict[str, Any]]) -> bytes:
     """One stream-json input line carrying a user turn (text and image blocks)."""
     message = {"type": "user", "message": {"role": "user", "content": content}}
     return json.dumps(message, ensure_ascii=False).encode() + b"\n"
+
+
+def control_request(request_id: str, subtype: str) -> bytes:
+    """One stream-json input line asking the CLI something outside any turn (e.g. "initialize"); the CLI answers
+    with a control_response event carrying the same request_id (see control_response)."""
+    request = {"type": "control_request", "request_id": request_id, "request": {"subtype": subtype}}
+    return json.dumps(request).encode() + b"\n"
 
 
 def parse_event(line: bytes) -> dict[str, Any] | None:
@@ -762,8 +795,9 @@ def parse_event(line: bytes) -> dict[str, Any] | None:
 
 async def cli_output(claude_bin: str, args: Sequence[str], env: Mapping[str, str], timeout: float = 10) -> bytes:
     """The stdout of a quick CLI command that starts no run (--version, auth status)."""
-    proc = await asyncio.create_subprocess_exec(claude_bin, *args, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.DEVNULL, env=dict(env))
+    proc = await asyncio.create_subprocess_exec(claude_bin, *args, stdin=asyncio.subprocess.DEVNULL,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+                                                env=dict(env))
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout)
     except BaseException:
@@ -1041,6 +1075,8 @@ def result_error(result: dict[str, Any], retry_delay_s: float | None, used_tools
         error = UpstreamRateLimited(str(message), retry_after=retry_delay_s or 30)
     elif status == 529 or "overloaded" in str(message).lower():
         error = UpstreamOverloaded(str(message), retry_after=retry_delay_s or 30)
+    elif status == 404:  # the API does not know the model (the CLI passes any --model through to it)
+        error = ModelNotFound(str(message), param="model")
     elif status is not None:
         error = UpstreamError(str(message))
     else:
@@ -1108,6 +1144,7 @@ def cut_short(result: dict[str, Any], stop_reason: str | None) -> str | None:
 
 TOOL_INPUT_KEYS = ("command", "file_path", "path", "pattern", "url", "query", "description", "prompt")
 INPUT_TOKEN_FIELDS = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+CLI_TIMING_FIELDS = ("ttft_ms", "time_to_request_ms")  # in the result event (CLI 2.1.197 and later)
 
 
 def tool_summary(name: str, tool_input: dict[str, Any]) -> str:
@@ -1155,6 +1192,7 @@ class Answer:
     cut_short: str | None = None  # why finish is "length": max turns, max budget or max tokens
     model: str | None = None  # the model that answered, as the API named it
     first_output: float | None = None  # time.monotonic() of its first output (set by the Run)
+    timing: dict[str, int] = field(default_factory=dict)  # the CLI's own CLI_TIMING_FIELDS for the last turn
 
     def of_kind(self, kind: BlockKind) -> list[Block]:
         return [block for block in self.blocks if block.kind == kind]
@@ -1249,6 +1287,7 @@ class Interpreter:
         self.done = True
         if (total := number(result.get("total_cost_usd"))) is not None:
             self.answer.cost, self.billed = max(total - self.billed, 0.0), total
+        self.answer.timing = {name: result[name] for name in CLI_TIMING_FIELDS if isinstance(result.get(name), int)}
         if reason := cut_short(result, self._stop_reason):
             self.answer.finish, self.answer.cut_short = "length", reason
         elif result.get("is_error"):
@@ -1366,6 +1405,24 @@ class Interpreter:
         index = len(self.answer.blocks)
         self.answer.blocks.append(Block("reasoning", text="".join(lines)))
         return [Started(index), Delta(index, "".join(lines)), Ended(index)]
+
+
+def control_response(event: dict[str, Any], request_id: str) -> dict[str, Any] | None:
+    """The payload of a successful control_response to `request_id` (see control_request), else None."""
+    response = event.get("response") if event.get("type") == "control_response" else None
+    if not isinstance(response, dict) or response.get("request_id") != request_id:
+        return None
+    payload = response.get("response") if response.get("subtype") == "success" else None
+    return payload if isinstance(payload, dict) else {}
+
+
+def offered_models(initialized: Mapping[str, Any]) -> tuple[str, ...]:
+    """The model ids an initialize response offers: the values the CLI accepts for --model (aliases such as
+    "sonnet" or "opus[1m]"; "default" is MODEL_NAME here) and the model ids they stand for."""
+    models = [m for m in initialized.get("models") or [] if isinstance(m, dict)]
+    values = [str(m["value"]) for m in models if m.get("value") and m["value"] != "default"]
+    resolved = [str(m["resolvedModel"]) for m in models if m.get("resolvedModel")]
+    return tuple(dict.fromkeys(values + resolved))
 
 
 # ── 6. Usage and limits: the plan's limits, the usage ledger ─────────────
@@ -2031,6 +2088,9 @@ class Processes:
         self.env = child_env(settings, environ)
         self.claude_bin = find_claude(settings.claude_bin)
         self.claude_version: str | None = None
+        self.cli_flags: frozenset[str] = frozenset()  # what the CLI's --help lists, for build_argv
+        self.cli_models: tuple[str, ...] | None = None  # what the CLI offers (offered_models), once asked
+        self._asking_models = asyncio.Lock()
         self.live: set[ClaudeProcess] = set()
         self.bridges: dict[str, ToolBridge] = {}
         self.state_dir = Path(settings.state_dir).expanduser()
@@ -2047,15 +2107,57 @@ class Processes:
         return self.claude_bin
 
     async def probe(self) -> None:
-        """Note the CLI's version for the health endpoint; a missing CLI is reported, not fatal."""
+        """Note the CLI's version (for the health endpoint) and the flags it knows (for every run's argv), once;
+        a missing CLI is reported, not fatal."""
         if self.claude_bin is None:
             logger.warning("Claude Code CLI not found; set CLAUDE_BIN (requests answer 503 until it is found)")
             return
-        try:
-            self.claude_version = (await cli_output(self.claude_bin, ["--version"], self.env)).decode().strip() or None
-        except (OSError, asyncio.TimeoutError) as exc:
-            logger.warning("claude --version failed: %s", exc)
+        version, help_text = await asyncio.gather(self._output("--version"), self._output("--help"))
+        self.claude_version, self.cli_flags = version.strip() or None, cli_flags_of(help_text)
         logger.info("Claude Code CLI: %s (%s)", self.claude_bin, self.claude_version or "version unknown")
+        if EXCLUDE_DYNAMIC_SECTIONS not in self.cli_flags:
+            logger.warning("this Claude Code CLI lacks %s: new conversations will miss the prompt cache (the "
+                           "supported CLIs are %s to %s)", EXCLUDE_DYNAMIC_SECTIONS, *SUPPORTED_CLI)
+
+    async def _output(self, *args: str) -> str:
+        assert self.claude_bin is not None
+        try:
+            return (await cli_output(self.claude_bin, args, self.env)).decode(errors="replace")
+        except (OSError, asyncio.TimeoutError) as exc:
+            logger.warning("claude %s failed: %s", " ".join(args), exc)
+            return ""
+
+    async def offered_models(self) -> tuple[str, ...]:
+        """The model ids the CLI offers (see offered_models), asked once with an `initialize` control request on
+        a process started for it. That costs no API request; a CLI that does not answer it offers none."""
+        async with self._asking_models:
+            if self.cli_models is None:
+                self.cli_models = await self._ask_models()
+        return self.cli_models or ()
+
+    async def _ask_models(self) -> tuple[str, ...] | None:
+        """The offered models; None when no CLI could be started (it is asked again next time)."""
+        try:
+            process = await self.spawn(Launch())
+        except ProxyError as exc:
+            logger.warning("could not ask Claude Code for its models: %s", exc.message)
+            return None
+        try:
+            await process.send(control_request("models", "initialize"))
+            initialized = await asyncio.wait_for(self._control_response(process, "models"), CONTROL_WAIT_S)
+        except (ProxyError, asyncio.TimeoutError):
+            initialized = None
+        finally:
+            await self.retire(process)
+        return offered_models(initialized or {})
+
+    @staticmethod
+    async def _control_response(process: ClaudeProcess, request_id: str) -> dict[str, Any] | None:
+        # A CLI without the control request may take the line for a prompt (and answer it) or end.
+        while (event := await process.next_event()) is not None and event.get("type") != "result":
+            if (payload := control_response(event, request_id)) is not None:
+                return payload
+        return None
 
     async def spawn(self, launch: Launch) -> ClaudeProcess:
         """A new CLI process for `launch` with a private temporary directory (its working directory unless one is
@@ -2069,7 +2171,7 @@ class Processes:
             Path(prompt_file).write_text(launch.system_prompt)
         bridge = ToolBridge(launch.tools) if launch.tools else None
         mcp_url = f"{self_url(self.settings)}/mcp/{bridge.secret}" if bridge else None
-        argv = build_argv(claude_bin, self.settings, launch, prompt_file, mcp_url)
+        argv = build_argv(claude_bin, self.settings, launch, prompt_file, mcp_url, self.cli_flags)
         cwd = launch.cwd or (self._new_conversation_folder() if launch.persist else workdir)
         try:
             process = await ClaudeProcess.spawn(argv, self.env, cwd, workdir, self.settings.max_line_bytes)
@@ -2601,6 +2703,7 @@ def note_answer(request: Request, answer: Answer, error: ProxyError | None = Non
     started = request.scope.get("state", {}).get("started")
     if answer.first_output is not None and started is not None:
         fields["ttft"] = round(answer.first_output - started, 3)
+    fields.update({f"cli_{name}": value for name, value in answer.timing.items()})
     if error is not None:
         fields.update(error=error.code, reason=error.message)
     else:
@@ -3910,16 +4013,21 @@ async def health(request: Request) -> dict[str, Any]:
             "version": __version__, "claude": claude, "pool": {"idle": runner.pool.idle_count}}
 
 
-async def list_models(request: Request) -> dict[str, Any]:
-    settings, _ = app_state(request)
+async def model_ids(request: Request) -> list[str]:
+    """MODEL_NAME (the CLI's default model), the usual aliases, and what the installed CLI offers."""
+    settings, runner = app_state(request)
     check_token(request, settings.token)
-    return {"object": "list", "data": [model_card(m) for m in (settings.model_name, *MODEL_ALIASES)]}
+    offered = await runner.processes.offered_models()
+    return list(dict.fromkeys((settings.model_name, *MODEL_ALIASES, *offered)))
+
+
+async def list_models(request: Request) -> dict[str, Any]:
+    return {"object": "list", "data": [model_card(m) for m in await model_ids(request)]}
 
 
 async def get_model(model_id: str, request: Request) -> dict[str, Any]:
-    settings, _ = app_state(request)
-    check_token(request, settings.token)
-    resolve_model(model_id, settings)
+    if model_id not in await model_ids(request) and not CLAUDE_MODEL_ID.fullmatch(model_id):
+        raise ModelNotFound(f"The model '{model_id[:200]}' does not exist; GET /v1/models lists them", param="model")
     return model_card(model_id)
 
 

@@ -3,9 +3,10 @@
 
     .venv/bin/python bench/bench.py [--runs N] [--json PATH]
 
-Everything runs on this machine against the scripted fake Anthropic API (tests/fake_anthropic.py) and the real,
-pinned Claude Code CLI (tests/.cli, installed by ./tests/run.sh; this script runs `./tests/run.sh --install-only`
-first, which installs only what is missing). The proxy is started as the tests start it (tests/proxy_harness.py).
+Everything runs on this machine against the scripted fake Anthropic API (tests/fake_anthropic.py) and the real
+Claude Code CLI: the newest supported one, pinned in tests/.cli by ./tests/run.sh (this script runs
+`./tests/run.sh --install-only` first, which installs only what is missing), or --claude PATH (e.g. the oldest
+supported, tests/.cli-2.1.197/node_modules/.bin/claude). The proxy is started as the tests start it (tests/proxy_harness.py).
 No traffic leaves 127.0.0.1, so what is measured is the CLI's and the proxy's own overhead, not a model.
 
 1. Latency, N runs of each after one warm-up, interleaved round by round so drift hits all alike:
@@ -21,7 +22,18 @@ No traffic leaves 127.0.0.1, so what is measured is the CLI's and the proxy's ow
    (w) for reference, no proxy: a CLI started in advance with --input-format=stream-json, then one message written
        to its stdin, timed from the write: the floor for (c).
    Before every run all processes of the bench are left to go quiet, so one run's clean-up does not slow the next.
-   Targets (ratios of medians, first token and total): (c)/(a) <= 0.2 and (b)/(a) <= 1.05.
+   Targets (ratios of medians, first token and total): (c)/(a) <= 0.15 and (b)/(a) <= 1.05.
+   From the same runs (the fake API's request log, the CLI's result events, the proxy's log lines):
+   (d) the cached prefix two new conversations share: how much of the tools + system prompt the fake API received
+       is byte-identical between the first two (b) conversations (each in a folder of its own), and between the
+       first two (a) runs (claude -p in two folders, without --exclude-dynamic-system-prompt-sections), and how
+       many bytes end at a cache breakpoint both share. Target: 100% for (b).
+   (e) Anthropic API requests (POSTs to /v1/messages and count_tokens) per plain answer of (a), (b), (c), (w), and
+       from the warm proxy's idle pool over --idle-wait seconds once the runs are over. Targets: exactly 1; 0.
+   (f) the warm path: the proxy's added latency, (c)'s first token at the client minus the CLI's own ttft_ms (from
+       the message it read to its first token), and the CLI's time_to_request_ms for the first message of a warm
+       process (from the proxy's log line); for reference the same for (w), and for a second message written to
+       the (w) process. Targets (p50): added latency <= 20 ms, first-message time_to_request_ms <= 40 ms.
 2. Throughput: one long streamed answer (--long-words words, one text delta each: the fake runs with max_deltas=None,
    like a real model's token stream) through the proxy with the pool
    off: content chunks per second at the client, and the proxy process's own CPU time per chunk (user + system,
@@ -41,6 +53,7 @@ import json
 import math
 import os
 import platform
+import re
 import signal
 import statistics
 import subprocess
@@ -66,7 +79,9 @@ PINNED_CLI = TESTS / ".cli/node_modules/.bin/claude"
 MODEL = "claude-code"
 PROMPT = "Say hello."
 EXPECTED = "Hello from fake model."  # the fake's default answer
-TARGETS = {"b": 1.05, "c": 0.2}  # the largest allowed median ratio to (a)
+TARGETS = {"b": 1.05, "c": 0.15}  # the largest allowed median ratio to (a)
+ADDED_LATENCY_MS = 20  # (f): the proxy's added latency on the warm path, p50
+FIRST_REQUEST_MS = 40  # (f): the CLI's time_to_request_ms for the first message of a warm process, p50
 ROWS = {
     "a": "(a) claude -p, run directly",
     "b": "(b) proxy, pool off",
@@ -174,7 +189,12 @@ def serve_fake_api() -> None:
     fake = FakeAnthropic(max_deltas=None).start()
     print(fake.base_url, flush=True)
     try:
-        sys.stdin.read()  # EOF: the bench is done (or died)
+        for command in sys.stdin:  # EOF: the bench is done (or died)
+            posts = list(fake.requests)
+            if command.strip() == "count":
+                print(json.dumps([len(posts), sum(r["method"] == "POST" for r in fake.other_requests)]), flush=True)
+            elif command.strip() == "log":
+                print(json.dumps([{"body": r["body"], "time": r["time"]} for r in posts]), flush=True)
     finally:
         fake.stop()
 
@@ -194,6 +214,21 @@ class FakeApi:
             self.stop()
             raise RuntimeError(f"the fake Anthropic API did not start:\n{log_path.read_text()}")
         self.ps = psutil.Process(self.proc.pid)
+
+    def _ask(self, command: str) -> Any:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(command.encode() + b"\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def api_requests(self) -> tuple[int, int]:
+        """Anthropic API requests so far: POSTs to /v1/messages, and the other POSTs (count_tokens)."""
+        messages, others = self._ask("count")
+        return int(messages), int(others)
+
+    def bodies(self) -> list[dict[str, Any]]:
+        """Every /v1/messages request so far: {"body", "time"}."""
+        return list(self._ask("log"))
 
     def stop(self) -> None:
         with contextlib.suppress(OSError):
@@ -247,6 +282,7 @@ class StreamResult:
         self.last: float | None = None
         self.chunks = 0
         self.text: list[str] = []
+        self.cli: dict[str, int] = {}  # the CLI's own ttft_ms and time_to_request_ms (its result event, or the log)
 
     def content(self, piece: str) -> None:
         now = time.monotonic()
@@ -305,7 +341,8 @@ class Cli:
     goes on stdin rather than in argv, where Linux refuses one word over 128 KiB; measured on CLI 2.1.197 the two
     take the same time.)
     Pre-started (`prestart=True`): `--input-format=stream-json`, started in advance; ask() writes one user message
-    and times from there. This is what a warm pool process does, without the proxy: the floor for (c).
+    and times from there. This is what a warm pool process does, without the proxy: the floor for (c). With
+    `last=False` the process stays up for another message.
     """
 
     def __init__(self, claude: str, env: dict[str, str], cwd: Path, prestart: bool = False) -> None:
@@ -318,7 +355,7 @@ class Cli:
                                      stderr=self.stderr)
         self.ps = psutil.Process(self.proc.pid)
 
-    def ask(self, prompt: str) -> StreamResult:
+    def ask(self, prompt: str, last: bool = True) -> StreamResult:
         if self.prestart:
             self.start = time.monotonic()
             line = {"type": "user", "message": {"role": "user", "content": [{"type": "text", "text": prompt}]}}
@@ -345,16 +382,21 @@ class Cli:
                         out.content(delta["text"])
                 elif event.get("type") == "result":
                     out.result = time.monotonic() - self.start
+                    out.cli = {k: event[k] for k in ("ttft_ms", "time_to_request_ms") if isinstance(event.get(k), int)}
                     if event.get("is_error"):
                         raise RuntimeError(f"claude -p failed: {event.get('result')}")
+                    if self.prestart and not last:
+                        break
                     if self.prestart:
                         self._close_stdin()  # stream-json input: the CLI exits when stdin ends
-            self.proc.wait(REQUEST_TIMEOUT)
-            out.total = time.monotonic() - self.start
+            if last:
+                self.proc.wait(REQUEST_TIMEOUT)
+            out.total = time.monotonic() - self.start if last else out.result
         finally:
             feeder.join(5)
-            self.stop()
-        if self.proc.returncode != 0 or out.ttft is None:
+            if last:
+                self.stop()
+        if (last and self.proc.returncode != 0) or out.ttft is None:
             self.stderr.seek(0)
             stderr = self.stderr.read().decode(errors="replace")
             raise RuntimeError(f"claude -p exited with {self.proc.returncode} (first token: {out.ttft}):\n"
@@ -381,6 +423,51 @@ class Cli:
         self._close_stdin()
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+
+
+# ── (d) and (f): what the samples and the request log say ─────────────────
+
+
+def request_blocks(body: dict[str, Any]) -> list[str]:
+    """A Messages request in the order the API caches it: each tool, each system block, each content block of the
+    messages; every one as canonical JSON."""
+    blocks = [json.dumps(tool, sort_keys=True) for tool in body.get("tools") or []]
+    blocks += [json.dumps(block, sort_keys=True) for block in body.get("system") or []]
+    for message in body.get("messages") or []:
+        content = message.get("content")
+        parts = content if isinstance(content, list) else [{"type": "text", "text": content}]
+        blocks += [json.dumps([message.get("role"), part], sort_keys=True) for part in parts]
+    return blocks
+
+
+def shared_prefix(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """How much of the tools + system prompt two requests share byte for byte, from the start (what a prompt cache
+    can reuse), and the bytes up to the last cache breakpoint (cache_control) inside that shared part."""
+    a, b = request_blocks(first), request_blocks(second)
+    same = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+    fixed = len(first.get("tools") or []) + len(first.get("system") or [])
+    size = sum(len(block) for block in a[:fixed])
+    shared = sum(len(block) for block in a[:min(same, fixed)])
+    breakpoints = [i for i in range(same) if '"cache_control"' in a[i]]
+    cached = sum(len(block) for block in a[:breakpoints[-1] + 1]) if breakpoints else 0
+    return {"bytes": size, "identical": shared, "share": shared / size if size else math.nan,
+            "cached_bytes": cached, "tools": len(first.get("tools") or [])}
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    return {"p50": median(values), "p90": p90(values), "n": len(values)}
+
+
+def warm_path(c: list[StreamResult], w: list[StreamResult], second_w: list[StreamResult]) -> dict[str, Any]:
+    """(f): the proxy's added latency on the warm path and the CLI's time to its API request, in ms."""
+    added = [s.ttft * 1000 - s.cli["ttft_ms"] for s in c if s.ttft is not None and "ttft_ms" in s.cli]
+    added_w = [s.ttft * 1000 - s.cli["ttft_ms"] for s in w if s.ttft is not None and "ttft_ms" in s.cli]
+
+    def to_request(samples: list[StreamResult]) -> dict[str, float]:
+        return percentiles([s.cli["time_to_request_ms"] for s in samples if "time_to_request_ms" in s.cli])
+
+    return {"added_ms": percentiles(added), "w_added_ms": percentiles(added_w), "c_to_request_ms": to_request(c),
+            "w_to_request_ms": to_request(w), "w_second_to_request_ms": to_request(second_w)}
 
 
 # ── The three parts ────────────────────────────────────────────────────────
@@ -413,7 +500,7 @@ class Bench:
     def proxy(self, name: str, pool_size: int) -> Proxy:
         env = {**self.env, "CLAUDE_BIN": self.claude, "CLAUDE_POOL_SIZE": str(pool_size),
                "CLAUDE_MAX_CONCURRENCY": str(max(4, self.args.streams)), "CLAUDE_MAX_QUEUE": "16",
-               "PROXY_LOG_LEVEL": "warning", "TMPDIR": str(self.root / "runs")}
+               "PROXY_LOG_LEVEL": "info", "TMPDIR": str(self.root / "runs")}  # info: a line per request
         proxy = Proxy(name, env, self.root / f"proxy-{name}.log", Path(self.args.main))
         self.proxies.append(proxy)
         return proxy.wait_ready()
@@ -452,18 +539,22 @@ class Bench:
         samples: dict[str, list[StreamResult]] = {key: [] for key in ROWS}
         pool_states: list[str] = []
         first_c = StreamResult()
+        second_w: list[StreamResult] = []  # a second message to each (w) process
+        windows: dict[str, list[tuple[int, int, int]]] = {key: [] for key in ROWS}  # see counted()
         for i in range(runs + 1):  # round 0 is the warm-up
             label = "warm-up" if i == 0 else f"run {i}/{runs}"
             waiting = self.cli(prestart=True)  # for (w), at the end of the round: started long before
             self.quiet()
-            got = {"a": self.cli().ask(PROMPT)}
+            got = {"a": self.counted("a", windows, lambda: self.cli().ask(PROMPT))}
             self.quiet()
-            got["b"] = stream_proxy(cold.http, cold.url, PROMPT)
+            got["b"] = self.counted("b", windows, lambda: stream_proxy(cold.http, cold.url, PROMPT))
             state = self.wait_pool(warm) if i else "cold (teaches the pool)"
-            got["c"] = stream_proxy(warm.http, warm.url, PROMPT)
+            got["c"] = self.counted("c", windows, lambda: stream_proxy(warm.http, warm.url, PROMPT))
             self.quiet()
-            got["w"] = waiting.ask(PROMPT)
-            for key, sample in got.items():
+            got["w"] = self.counted("w", windows, lambda cli=waiting: cli.ask(PROMPT, last=False))
+            self.quiet()
+            again = waiting.ask(PROMPT)
+            for key, sample in [*got.items(), ("w", again)]:
                 if "".join(sample.text) != EXPECTED:
                     raise RuntimeError(f"({key}) answered {''.join(sample.text)!r}, not {EXPECTED!r}")
             cells = "  ".join(f"({key}) {got[key].ttft:.3f}/{got[key].total:.3f}" for key in ROWS)
@@ -472,8 +563,10 @@ class Bench:
                 for key in ROWS:
                     samples[key].append(got[key])
                 pool_states.append(state)
+                second_w.append(again)
             else:
                 first_c = got["c"]
+        self.cli_timing_from_log(warm, [first_c, *samples["c"]])
         rows = {}
         for key, items in samples.items():
             ttft = [s.ttft for s in items if s.ttft is not None]
@@ -489,8 +582,53 @@ class Bench:
         self.results["latency"] = {"runs": runs, "pool_size": self.args.pool_size, "rows": rows, "ratios": ratios,
                                    "pool_before_c": pool_states,
                                    "c_first_request": {"ttft": first_c.ttft, "total": first_c.total}}
+        per_answer = {key: [cost for _, _, cost in runs_of] for key, runs_of in windows.items()}
+        self.results["requests"] = {"per_answer": per_answer, "idle": self.idle_requests(warm)}
+        self.results["prefix"] = self.shared_prefixes(windows)
+        self.results["warm_path"] = warm_path(samples["c"], samples["w"], second_w)
         warm.stop()
         self.proxies.remove(warm)
+
+    def counted(self, key: str, windows: dict[str, list[tuple[int, int, int]]],
+                ask: Callable[[], StreamResult]) -> StreamResult:
+        """ask(), noting the fake API's /v1/messages requests it caused (first and last index in its log) and how
+        many API requests it cost in all."""
+        assert self.fake is not None
+        before = self.fake.api_requests()
+        result = ask()
+        after = self.fake.api_requests()
+        windows[key].append((before[0], after[0], sum(after) - sum(before)))
+        return result
+
+    def idle_requests(self, warm: Proxy) -> dict[str, Any]:
+        """(e): the API requests the warm proxy's idle pool makes over --idle-wait seconds."""
+        assert self.fake is not None
+        state = self.wait_pool(warm)
+        before = self.fake.api_requests()
+        time.sleep(self.args.idle_wait)
+        return {"requests": sum(self.fake.api_requests()) - sum(before), "seconds": self.args.idle_wait,
+                "pool": state, "idle_after": warm.pool_idle()}
+
+    def shared_prefixes(self, windows: dict[str, list[tuple[int, int, int]]]) -> dict[str, Any]:
+        """(d): the first request of the first two (b) and (a) runs (round 0 included), compared."""
+        assert self.fake is not None
+        bodies = [entry["body"] for entry in self.fake.bodies()]
+        compared = {}
+        for key in ("b", "a"):
+            first, second = (bodies[start] for start, end, _ in windows[key][:2] if end > start)
+            compared[key] = shared_prefix(first, second)
+        return compared
+
+    @staticmethod
+    def cli_timing_from_log(proxy: Proxy, samples: list[StreamResult]) -> None:
+        """The CLI's own timing of each request, from the proxy's log lines (cli_ttft_ms=...), in order."""
+        lines = [line for line in proxy.log_path.read_text(errors="replace").splitlines()
+                 if "POST /v1/chat/completions status=200" in line]
+        if len(lines) != len(samples):
+            log(f"  {len(lines)} log lines for {len(samples)} requests of {proxy.name}: no CLI timing for (c)")
+            return
+        for line, sample in zip(lines, samples, strict=True):
+            sample.cli = {name: int(value) for name, value in re.findall(r"cli_(\w+)=(\d+)", line)}
 
     # 2. throughput
 
@@ -670,6 +808,7 @@ def report(results: dict[str, Any]) -> str:
                 cells.append(f"{r['ratio']:5.3f} {verdict} <={r['target']:<4}")
             lines.append(f"  {'(' + key + ')/(a)':34} {cells[0]:>18}   {cells[1]:>18}")
         lines.append("")
+    lines += report_extras(results)
     if throughput := results.get("throughput"):
         t = throughput
         lines += [
@@ -696,6 +835,50 @@ def report(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def verdict(value: float, target: float) -> str:
+    return f"{'PASS' if value <= target else 'MISS'} <={target:g}"
+
+
+def report_extras(results: dict[str, Any]) -> list[str]:
+    """The lines of (d), (e) and (f)."""
+    lines = []
+    if prefix := results.get("prefix"):
+        b, a = prefix["b"], prefix["a"]
+        lines += [
+            f"(d) Cached prefix of two new conversations: tools ({b['tools']}) + system prompt, {b['bytes']:,} bytes:",
+            f"  (b) proxy, each in a folder of its own  {b['share']:7.1%} identical, {b['cached_bytes']:,} bytes up "
+            f"to a shared cache breakpoint  {'PASS' if b['share'] == 1 else 'MISS'} =100%",
+            f"  (a) claude -p in two folders            {a['share']:7.1%} identical, {a['cached_bytes']:,} bytes up "
+            "to a shared cache breakpoint (no --exclude-dynamic-system-prompt-sections)",
+            "",
+        ]
+    if requests := results.get("requests"):
+        per_answer = "  ".join(f"({key}) {min(costs)}-{max(costs)}" for key, costs in requests["per_answer"].items())
+        exact = all(set(costs) == {1} for costs in requests["per_answer"].values())
+        idle = requests["idle"]
+        lines += [
+            "(e) Anthropic API requests (POST /v1/messages and count_tokens):",
+            f"  per plain answer: {per_answer}  {'PASS' if exact else 'MISS'} =1",
+            f"  from the idle warm pool ({idle['pool']}) in {idle['seconds']:g} s: {idle['requests']}  "
+            f"{'PASS' if idle['requests'] == 0 else 'MISS'} =0",
+            "",
+        ]
+    if warm := results.get("warm_path"):
+        added, first = warm["added_ms"], warm["c_to_request_ms"]
+        lines += [
+            "(f) Warm path, ms (p50 / p90), the CLI's own figures from its result event:",
+            f"  proxy-added latency, (c) first token - CLI ttft_ms     {added['p50']:6.1f} / {added['p90']:6.1f}  "
+            f"{verdict(added['p50'], ADDED_LATENCY_MS)}",
+            f"  CLI time_to_request_ms, (c) first message            {first['p50']:6.1f} / {first['p90']:6.1f}  "
+            f"{verdict(first['p50'], FIRST_REQUEST_MS)}",
+            f"  (w) alone: first message {warm['w_to_request_ms']['p50']:.1f} / {warm['w_to_request_ms']['p90']:.1f}, "
+            f"second message on the same process {warm['w_second_to_request_ms']['p50']:.1f} / "
+            f"{warm['w_second_to_request_ms']['p90']:.1f}; first token - ttft_ms {warm['w_added_ms']['p50']:.1f}",
+            "",
+        ]
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      epilog="See the module docstring (or README) for what each part measures.")
@@ -703,6 +886,8 @@ def main() -> int:
     parser.add_argument("--pool-size", type=int, default=2, help="CLAUDE_POOL_SIZE of proxy (c) (default 2)")
     parser.add_argument("--long-words", type=int, default=20000, help="words of the long answer (default 20000)")
     parser.add_argument("--streams", type=int, default=16, help="concurrent streams for memory (default 16)")
+    parser.add_argument("--idle-wait", type=float, default=10.0,
+                        help="seconds the idle warm pool is watched for API requests, (e) (default 10)")
     parser.add_argument("--skip", action="append", default=[], choices=("latency", "throughput", "memory"),
                         help="leave a part out (repeatable)")
     parser.add_argument("--claude", metavar="PATH", help="the Claude Code CLI (default: $TEST_CLAUDE_BIN, else the pinned one)")

@@ -39,16 +39,22 @@ process: with its first API answer, after the first ``assistant`` event), measur
   session limit · resets 1:37am (UTC)"}`` ("weekly limit" for seven_day); the 429 is not retried.
 
 What the Claude Code CLI 2.1.197 sends and does (measured with this fake; see also
-/work/shared/docs/claude-cli-contract.md):
-* ``HEAD <base URL path>`` once at startup (preflight); POSTs go to ``<base path>/v1/messages?beta=true``.
-  No count_tokens or other paths were seen.
+/work/shared/docs/claude-cli-contract.md), and what CLI 2.1.331 does differently:
+* ``HEAD <base URL path>`` once at startup (preflight; 2.1.331 sends none); POSTs go to
+  ``<base path>/v1/messages?beta=true``. No count_tokens or other paths were seen (2.1.331 counts tokens only when
+  asked for its context usage, and with nonessential traffic on sends ``HEAD /api/hello``).
+* 2.1.331 defers tools behind its tool search: its requests carry ``ToolSearch`` and a ``DeferredToolPlaceholder``
+  (``defer_loading: true``), and MCP tools are left out unless their server is marked ``alwaysLoad``. It puts the
+  environment section (working directory, platform, ...) in a ``{"role": "system"}`` message after the first user
+  message, and answers an HTTP 400 by sending the request again up to 5 times, each time without one more optional
+  beta (thinking token count, thinking display, deferred tools).
 * The stream-json prompt arrives byte-for-byte (300 KiB tested) as its own text block in the first user message,
   after a separate ``<system-reminder>`` text block (currentDate). ``messages`` also holds a ``{"role": "system"}``
   entry (agent listing) after the first user message. Parallel tool results come back in ONE user message, in
   completion order (the fake re-sorts them by tool_use order); in stream-json they are separate ``user`` events,
   and ``result.num_turns`` counts them (2 API calls with 3 parallel tools gave num_turns 4).
 * stop_reason ``max_tokens`` is not final: the CLI sends a user text "Output token limit hit. Resume directly ..."
-  and asks again, up to 3 times (4 requests); if every answer is max_tokens the result is is_error=true,
+  (inside a ``<system-reminder>`` on 2.1.331) and asks again, up to 3 times (4 requests); if every answer is max_tokens the result is is_error=true,
   api_error_status null, "API Error: Claude's response exceeded the 64000 output token maximum ...". The fake
   treats that injected text like a system-reminder; ``[[maxtokens:once]]`` answers max_tokens only to the first.
 * Side requests, all of which ``main_requests()`` drops:
@@ -58,11 +64,13 @@ What the Claude Code CLI 2.1.197 sends and does (measured with this fake; see al
   - auto-mode permission classifier (``--permission-mode auto`` and a risky command): NO ``stream`` key, no tools,
     max_tokens 64 (5 calls) then 8192 (5 calls); the fake's answers are unparseable so the action is denied.
   The rule: a request is a side request if it has ``output_config.format``, or is non-streaming without tools.
-  The main loop's non-streaming fallback (e.g. after a 404: no ``stream`` key, same tools, max_tokens 64000) is
-  kept; with ``--tools ""`` the main loop has no tools but streams, and is kept too.
-* With CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 the main loop sends 24 tools (25 without: DesignSync).
+  The main loop's non-streaming fallback (e.g. after a 404: no ``stream`` key, or ``"stream": false`` on 2.1.331,
+  same tools, max_tokens 64000) is kept; with ``--tools ""`` the main loop has no tools but streams, and is kept too.
+  2.1.331 sent no session title request in these tests, with nonessential traffic on or off.
+* With CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 the main loop sends 24 tools (25 without: DesignSync); 2.1.331
+  sends 12 (the others deferred).
 * The ``assistant`` event for a block comes before that block's ``content_block_stop`` stream_event;
-  ``result.usage`` sums the main-loop calls; HTTP 400 is not retried.
+  ``result.usage`` sums the main-loop calls; HTTP 400 is not retried (2.1.331: see above).
 * A CLI killed with SIGINT while waiting hangs up at once; the fake marks such requests ``"aborted": True``.
 """
 
@@ -139,10 +147,11 @@ def latest_user_text(messages: list[dict]) -> str:
 
 
 def _is_recovery(messages: list[dict]) -> bool:
-    """Whether the last message is the CLI's "Output token limit hit." follow-up to a max_tokens answer."""
+    """Whether the last message is the CLI's "Output token limit hit." follow-up to a max_tokens answer (CLI 2.1.331
+    wraps it in a <system-reminder>)."""
     if not messages or messages[-1].get("role") != "user":
         return False
-    return any(b.get("type") == "text" and b.get("text", "").startswith(CLI_INJECTED_PREFIXES[1])
+    return any(b.get("type") == "text" and CLI_INJECTED_PREFIXES[1] in b.get("text", "")[:100]
                for b in _blocks(messages[-1].get("content")))
 
 
@@ -483,6 +492,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(400, error_body(400))
             return
         model = str(body.get("model", "claude-fake"))
+        if model in fake.unknown_models:  # as the real API answers a model it does not know
+            self._send_json(404, {"type": "error", "error": {"type": "not_found_error", "message": f"model: {model}"},
+                                  "request_id": "req_fake"})
+            return
         message_id = fake._next_message_id()
         limits = dict(fake.rate_limit)
         if limits.get(f"{UNIFIED}-status") == "rejected":
@@ -537,6 +550,7 @@ class FakeAnthropic:
     ``max_deltas``: the most text or thinking deltas one streamed block is cut into (default 64); ``None`` streams
     one delta per word however long the answer (bench/bench.py's throughput part).
     ``rate_limit``: plan-limit headers sent with every answer (see ``unified_headers``); status "rejected": 429.
+    ``unknown_models``: model ids answered 404 not_found_error "model: <id>", as the real API answers them.
     """
 
     def __init__(self, max_deltas: int | None = MAX_DELTAS) -> None:
@@ -546,6 +560,7 @@ class FakeAnthropic:
         self.requests: list[dict] = []
         self.other_requests: list[dict] = []
         self.unexpected: list[str] = []
+        self.unknown_models: set[str] = set()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._connections: set[socket.socket] = set()

@@ -14,6 +14,8 @@ tell: it reads one user message from stdin, then writes events. FAKE_CLAUDE_MODE
 `claude auth status` prints {"loggedIn": true, "authMethod": "api_key", …} (FAKE_CLAUDE_LOGIN=0: logged out).
 
 Every invocation appends {"argv", "stdin", "env", "pid"} as a JSON line to FAKE_CLAUDE_LOG when it is set.
+`--version` prints VERSION; `--help` prints the flags listed in FAKE_CLAUDE_FLAGS (default: HELP_FLAGS, those the
+proxy probes for), one per line. Control requests on stdin are not understood: the first line is taken as the prompt.
 """
 
 import json
@@ -22,6 +24,7 @@ import sys
 import time
 
 VERSION = "2.1.197 (Claude Code)"
+HELP_FLAGS = "--exclude-dynamic-system-prompt-sections"
 
 
 def emit(event):
@@ -69,6 +72,11 @@ def main():
         print(json.dumps({"loggedIn": logged_in, "authMethod": "api_key" if logged_in else "none",
                           "apiProvider": "firstParty"}, indent=2))
         return 0 if logged_in else 1
+    if "--help" in sys.argv:
+        print("Usage: claude [options] [command] [prompt]\n\nOptions:")
+        for flag in os.environ.get("FAKE_CLAUDE_FLAGS", HELP_FLAGS).split():
+            print(f"  {flag}")
+        return 0
     if "--verbose" not in sys.argv:
         print("Error: When using --print, --output-format=stream-json requires --verbose", file=sys.stderr)
         return 1

@@ -49,7 +49,9 @@ class Proxy:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the proxy exited with {self.proc.returncode}:\n{self.output()}")
             try:
-                httpx.get(self.url + "/v1/models", timeout=1)  # any answer will do (not GET /: it asks the CLI)
+                # Any answer will do, from a route that starts no CLI (GET / asks `claude auth status`, GET /v1/models
+                # asks the CLI which models it offers).
+                httpx.get(self.url + "/v1/ready-probe", timeout=1)
                 return self
             except httpx.HTTPError:
                 time.sleep(0.1)

@@ -4,11 +4,15 @@
 #   ./tests/run.sh -m "not e2e"    only the fast ones: no real Claude Code CLI (the e2e marker, see tests/conftest.py)
 #   ./tests/run.sh -k stream       extra arguments go to pytest
 #   ./tests/run.sh --install-only  install what the tests need, run nothing (bench/bench.py uses this)
-# Packages are installed only when their pins changed: stamps in .venv and tests/.cli hold what was installed.
+#   ./tests/run.sh --oldest-cli -m e2e   the end-to-end tests against the oldest supported CLI instead (.ci/run)
+# Packages are installed only when their pins changed: stamps in .venv and tests/.cli* hold what was installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-CLAUDE_CLI_VERSION="2.1.197"   # the pinned @anthropic-ai/claude-code the end-to-end tests drive
+# The supported @anthropic-ai/claude-code range (README, Tests), both installed: the end-to-end tests drive the
+# newest (in tests/.cli, with the Node clients), and .ci/run drives them again with the oldest (in its own folder).
+CLAUDE_CLI_VERSION="2.1.331"
+CLAUDE_CLI_OLDEST="2.1.197"
 # The Node clients the tests drive (tests/clients/*.mjs), as exact npm specs:
 NODE_CLIENTS=(
   "openai@7.57.0"              # the OpenAI Node SDK
@@ -29,19 +33,28 @@ if [ "$(cat "$py_stamp" 2>/dev/null)" != "$py_wanted" ]; then
   echo "$py_wanted" > "$py_stamp"
 fi
 
+# npm_install DIR SPECS...: install exactly SPECS into DIR, unless its stamp says they are there already.
+npm_install() {
+  local dir="$1"; shift
+  local specs="$*" stamp="$dir/.installed-npm-specs"
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$specs" ] || [ ! -x "$dir/node_modules/.bin/claude" ]; then
+    command -v npm >/dev/null || { echo "npm is needed to install the Claude Code CLI and the Node clients for the end-to-end tests" >&2; exit 1; }
+    mkdir -p "$dir"
+    rm -f "$stamp"
+    # One command for all: an install without --save removes what it was not given.
+    npm install --loglevel=error --no-audit --no-fund --no-save --prefix "$dir" "$@"
+    echo "$specs" > "$stamp"
+  fi
+}
 cli_dir="tests/.cli"
-npm_specs="@anthropic-ai/claude-code@$CLAUDE_CLI_VERSION ${NODE_CLIENTS[*]}"
-npm_stamp="$cli_dir/.installed-npm-specs"
-if [ "$(cat "$npm_stamp" 2>/dev/null)" != "$npm_specs" ] || [ ! -x "$cli_dir/node_modules/.bin/claude" ]; then
-  command -v npm >/dev/null || { echo "npm is needed to install the Claude Code CLI and the Node clients for the end-to-end tests" >&2; exit 1; }
-  mkdir -p "$cli_dir"
-  rm -f "$npm_stamp"
-  # One command for all: an install without --save removes what it was not given.
-  # shellcheck disable=SC2086  # the specs are words without spaces
-  npm install --loglevel=error --no-audit --no-fund --no-save --prefix "$cli_dir" $npm_specs
-  echo "$npm_specs" > "$npm_stamp"
-fi
+oldest_dir="tests/.cli-$CLAUDE_CLI_OLDEST"
+npm_install "$cli_dir" "@anthropic-ai/claude-code@$CLAUDE_CLI_VERSION" "${NODE_CLIENTS[@]}"
+npm_install "$oldest_dir" "@anthropic-ai/claude-code@$CLAUDE_CLI_OLDEST"
 export TEST_CLAUDE_BIN="$PWD/$cli_dir/node_modules/.bin/claude"
+if [ "${1:-}" = "--oldest-cli" ]; then
+  shift
+  export TEST_CLAUDE_BIN="$PWD/$oldest_dir/node_modules/.bin/claude"
+fi
 
 if [ "${1:-}" = "--install-only" ]; then
   exit 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 
@@ -123,12 +124,66 @@ def test_thinking_streams_as_reasoning_content(make_proxy) -> None:
     assert reasoning == "Let me think." and content == "Hello from fake model."
 
 
-@pytest.mark.parametrize("model,wire", [("sonnet", "claude-sonnet-5"),
+@pytest.mark.parametrize("model,wire", [("sonnet", "claude-sonnet-"),
                                         ("claude-sonnet-4-5-20250929", "claude-sonnet-4-5-20250929")])
 def test_model_choice_reaches_the_api(make_proxy, fake_api, model: str, wire: str) -> None:
-    completion = ask(make_proxy(), "hi", model=model)
+    # The CLI resolves an alias to its current model (claude-sonnet-5 on CLI 2.1.197, claude-sonnet-5-5 on 2.1.331),
+    # one that GET /v1/models lists.
+    proxy = make_proxy()
+    completion = ask(proxy, "hi", model=model)
     assert completion.model == model
-    assert fake_api.main_requests()[0]["model"] == wire
+    sent = fake_api.main_requests()[0]["model"]
+    assert sent.startswith(wire)
+    if model == "sonnet":
+        assert sent in [m.id for m in proxy.client().models.list()]
+
+
+def test_models_are_what_the_cli_offers(make_proxy, fake_api) -> None:
+    proxy = make_proxy()
+    client = proxy.client(_strict_response_validation=True)
+    ids = [m.id for m in client.models.list()]
+    assert ids[:4] == ["claude-code", "opus", "sonnet", "haiku"] and len(ids) == len(set(ids))
+    offered = ids[4:]
+    assert any(i.startswith("claude-sonnet-") for i in offered) and any(i.startswith("claude-haiku-") for i in offered)
+    assert all(client.models.retrieve(i).id == i for i in offered)
+    assert [m.id for m in client.models.list()] == ids
+    assert fake_api.requests == [], "asking the CLI for its models costs no API request"
+    assert wait_until(lambda: not proxy.children(), timeout=5), "the CLI asked is stopped"
+
+
+def test_a_model_the_api_refuses_is_404_model_not_found(make_proxy, fake_api) -> None:
+    fake_api.unknown_models.add("claude-nonexistent-9")
+    with pytest.raises(openai.NotFoundError) as raised:
+        ask(make_proxy(), "hi", model="claude-nonexistent-9")
+    assert raised.value.code == "model_not_found" and "claude-nonexistent-9" in raised.value.message
+    with pytest.raises(openai.NotFoundError) as raised:
+        ask(make_proxy(), "hi", model="gpt-4o")  # refused by the proxy itself: never reaches the CLI
+    assert raised.value.code == "model_not_found"
+
+
+def test_a_plain_answer_costs_one_api_request(make_proxy, fake_api) -> None:
+    assert ask(make_proxy(), "hi").choices[0].message.content == "Hello from fake model."
+    assert len(fake_api.requests) == 1
+    # Nothing else but the preflight HEAD of CLI 2.1.197 (no token counting, no title, no warm-up request).
+    assert {(r["method"], r["path"]) for r in fake_api.other_requests} <= {("HEAD", "/")}
+
+
+def cached_prefix(body: dict) -> str:
+    """What the API caches ahead of the messages: the tools, then the system prompt."""
+    return json.dumps([body.get("tools"), body.get("system")], sort_keys=True)
+
+
+def test_new_conversations_in_different_folders_share_the_tools_and_system_prompt(make_proxy, fake_api) -> None:
+    proxy = make_proxy(claude_sessions=1)
+    for _ in range(2):
+        ask(proxy, "Summarize our chat in five words.")
+    first, second = fake_api.main_requests()
+    assert cached_prefix(first) == cached_prefix(second)
+    # Each ran in a folder of its own: the per-machine sections, with its path, are in the first user message.
+    folders = [re.search(r"Primary working directory: ([^\s\\]+)", json.dumps(body["messages"]))
+               for body in (first, second)]
+    assert folders[0] and folders[1] and folders[0][1] != folders[1][1]
+    assert not any(folder[1] in cached_prefix(body) for folder, body in zip(folders, (first, second)))
 
 
 def test_max_turns_finishes_with_length(make_proxy) -> None:
@@ -234,16 +289,23 @@ def test_configured_working_directory_is_used_and_kept(make_proxy, tmp_path) -> 
 # ── process lifecycle ──
 
 
+def long_command(seconds: int) -> str:
+    """A Bash command that runs for `seconds`; its command line contains `sleep(seconds)` (CLI 2.1.331 refuses a
+    standalone `sleep N`)."""
+    return f'python3 -c "import time; time.sleep({seconds})"'
+
+
 def _stream_until_sleep_runs(proxy, seconds: int):
     token = proxy.env.get("CLAUDE_PROXY_TOKEN")
     headers = {"authorization": f"Bearer {token}"} if token else {}
     client = httpx.Client(timeout=60, headers=headers)
     request = client.build_request("POST", proxy.url + CHAT, json={
-        "model": "claude-code", "stream": True, "messages": [{"role": "user", "content": f"[[bash:sleep {seconds}]]"}],
+        "model": "claude-code", "stream": True,
+        "messages": [{"role": "user", "content": f"[[bash:{long_command(seconds)}]]"}],
     })
     response = client.send(request, stream=True)
     assert response.status_code == 200
-    assert wait_until(lambda: processes_matching(f"sleep {seconds}"), timeout=20)
+    assert wait_until(lambda: processes_matching(f"sleep({seconds})"), timeout=20)
     return response
 
 
@@ -252,23 +314,23 @@ def test_client_disconnect_stops_the_cli_and_its_tools(make_proxy) -> None:
     response = _stream_until_sleep_runs(proxy, 417)
     assert proxy.children()
     response.close()
-    assert wait_until(lambda: not processes_matching("sleep 417") and not proxy.children(), timeout=5)
+    assert wait_until(lambda: not processes_matching("sleep(417)") and not proxy.children(), timeout=5)
 
 
 def test_client_disconnect_stops_a_non_streamed_run(make_proxy) -> None:
     proxy = make_proxy()
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(proxy.url + CHAT, timeout=httpx.Timeout(30, read=4), json={
-            "model": "claude-code", "messages": [{"role": "user", "content": "[[bash:sleep 416]]"}]})
-    assert wait_until(lambda: not processes_matching("sleep 416") and not proxy.children(), timeout=5)
+            "model": "claude-code", "messages": [{"role": "user", "content": f"[[bash:{long_command(416)}]]"}]})
+    assert wait_until(lambda: not processes_matching("sleep(416)") and not proxy.children(), timeout=5)
 
 
 def test_timeout_stops_the_cli_and_its_tools(make_proxy) -> None:
     proxy = make_proxy(claude_timeout=4)
     response = httpx.post(proxy.url + CHAT, timeout=30, json={
-        "model": "claude-code", "messages": [{"role": "user", "content": "[[bash:sleep 418]]"}]})
+        "model": "claude-code", "messages": [{"role": "user", "content": f"[[bash:{long_command(418)}]]"}]})
     assert response.status_code == 504 and response.json()["error"]["code"] == "timeout"
-    assert wait_until(lambda: not processes_matching("sleep 418") and not proxy.children(), timeout=5)
+    assert wait_until(lambda: not processes_matching("sleep(418)") and not proxy.children(), timeout=5)
 
 
 def test_overload_is_429(make_proxy) -> None:
@@ -290,4 +352,4 @@ def test_sigterm_stops_runs_and_exits_cleanly(make_proxy) -> None:
     assert proxy.proc.wait(10) in (0, -signal.SIGTERM) and time.monotonic() - started < 10
     assert "Application shutdown complete" in proxy.output()
     assert "data: [DONE]" in rest and any("shutting down" in line for line in rest)
-    assert wait_until(lambda: not processes_matching("sleep 419"), timeout=5)
+    assert wait_until(lambda: not processes_matching("sleep(419)"), timeout=5)

@@ -31,14 +31,30 @@ def test_health_reports_the_cli_and_its_version(make_fake_proxy) -> None:
     assert health["claude"]["found"] is True and health["claude"]["version"] == "2.1.197 (Claude Code)"
 
 
-def test_models_are_listed_and_fetchable(make_fake_proxy) -> None:
+def test_models_are_listed_and_fetchable(make_fake_proxy, fake_claude_log) -> None:
+    # fake_claude.py does not understand the initialize control request (it takes it for a prompt): the CLI offers
+    # nothing, the usual aliases are listed, and the CLI is asked once only.
     client = make_fake_proxy().client(_strict_response_validation=True)
     ids = [m.id for m in client.models.list()]
     assert ids == ["claude-code", "opus", "sonnet", "haiku"]
     assert client.models.retrieve("sonnet").id == "sonnet"
-    with pytest.raises(openai.NotFoundError) as raised:
-        client.models.retrieve("gpt-4o")
-    assert raised.value.code == "model_not_found"
+    assert client.models.retrieve("claude-sonnet-4-5-20250929").id == "claude-sonnet-4-5-20250929"
+    for unknown in ("gpt-4o", "fable"):
+        with pytest.raises(openai.NotFoundError) as raised:
+            client.models.retrieve(unknown)
+        assert raised.value.code == "model_not_found"
+    [asked] = fake_claude_calls(fake_claude_log)
+    assert json.loads(asked["stdin"]) == {"type": "control_request", "request_id": "models",
+                                          "request": {"subtype": "initialize"}}
+
+
+@pytest.mark.parametrize("flags,expected", [("--exclude-dynamic-system-prompt-sections --tools", True), ("", False)])
+def test_dynamic_system_prompt_sections_are_excluded_when_the_cli_knows_how(make_fake_proxy, fake_claude_log,
+                                                                            flags: str, expected: bool) -> None:
+    make_fake_proxy(fake_claude_flags=flags).client().chat.completions.create(model="claude-code", messages=[
+        {"role": "user", "content": "hi"}])
+    [call] = fake_claude_calls(fake_claude_log)
+    assert ("--exclude-dynamic-system-prompt-sections" in call["argv"]) is expected
 
 
 def test_completion_with_usage_passes_strict_sdk_validation(make_fake_proxy, fake_claude_log) -> None:
@@ -146,6 +162,8 @@ def test_missing_cli_is_503_naming_claude_bin(make_fake_proxy) -> None:
     assert httpx.get(proxy.url + "/").json()["claude"]["found"] is False
     error = assert_error(httpx.post(proxy.url + CHAT, json=HELLO), 503, "claude_not_found")
     assert "CLAUDE_BIN" in error["message"] and "claude" in error["message"]
+    models = httpx.get(proxy.url + "/v1/models").json()["data"]
+    assert [m["id"] for m in models] == ["claude-code", "opus", "sonnet", "haiku"]
 
 
 def test_cli_failure_is_502_with_its_stderr_and_no_retry(make_fake_proxy) -> None:

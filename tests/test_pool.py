@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import time
 
 import httpx
 import psutil
@@ -60,6 +62,35 @@ def test_a_dead_warm_process_is_never_handed_out(make_proxy) -> None:
     os.kill(warm, signal.SIGKILL)
     assert wait_until(lambda: warm not in cli_pids(proxy), timeout=5)
     assert served_by(proxy) != warm
+
+
+def quiet(processes: list[psutil.Process], window: float = 1.0) -> bool:
+    """Whether the processes used under 5% of a core over `window` seconds (their start-up work is done)."""
+    def cpu() -> float:
+        total = 0.0
+        for process in processes:
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                total += times.user + times.system
+        return total
+    before = cpu()
+    time.sleep(window)
+    return cpu() - before < 0.05 * window
+
+
+def test_warm_processes_that_are_never_used_cost_no_api_request(make_proxy, fake_api) -> None:
+    # Some CLI versions send "warm-up" requests to fill the prompt cache; a pool of them would spend the user's plan.
+    proxy = make_proxy(claude_pool_size=2)
+    assert proxy.client().chat.completions.create(model="claude-code", messages=[
+        {"role": "user", "content": "hi"}]).choices[0].message.content == "Hello from fake model."
+    assert wait_until(lambda: idle(proxy) == 2, timeout=30)
+    warm = [psutil.Process(pid) for pid in cli_pids(proxy)]
+    assert len(warm) == 2
+    time.sleep(3)  # CLI 2.1.331 runs its deferred start-up work about a second after it starts
+    assert wait_until(lambda: quiet(warm), timeout=30)
+    assert len(fake_api.requests) == 1, [r["body"].get("messages", [])[-1:] for r in fake_api.requests[1:]]
+    assert {(r["method"], r["path"]) for r in fake_api.other_requests} <= {("HEAD", "/")}
+    assert cli_pids(proxy) == {p.pid for p in warm}, "the warm processes were not replaced meanwhile"
 
 
 def test_idle_processes_expire(make_proxy) -> None:

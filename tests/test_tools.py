@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import httpx
 import openai
@@ -56,7 +57,8 @@ def test_argv_for_a_bridged_run() -> None:
     launch = main.Launch(tools=main.bridge_tools(request(tools=[WEATHER])))
     argv = main.build_argv("/bin/claude", main.Settings(), launch, mcp_url="http://127.0.0.1:1/mcp/s3")
     config = json.loads(next(a for a in argv if a.startswith("--mcp-config="))[len("--mcp-config="):])
-    assert config == {"mcpServers": {"tools": {"type": "http", "url": "http://127.0.0.1:1/mcp/s3"}}}
+    # alwaysLoad: the tools are never deferred behind Claude Code's tool search (test_forty_tools_... below)
+    assert config == {"mcpServers": {"tools": {"type": "http", "url": "http://127.0.0.1:1/mcp/s3", "alwaysLoad": True}}}
     assert {"--strict-mcp-config", "--allowedTools=mcp__tools", "--tools="} <= set(argv)
     kept = main.build_argv("/bin/claude", main.Settings(keep_builtin_tools=True), launch, mcp_url="http://x")
     assert "--tools=" not in kept
@@ -118,6 +120,12 @@ def continue_with(messages: list[dict], message, results: dict[str, str]) -> lis
               for call in message.tool_calls)]
 
 
+def loaded_tools(body: dict) -> list[str]:
+    """The names of the tools a request shows the model (CLI 2.1.331 adds a DeferredToolPlaceholder with
+    defer_loading, which the API keeps from the model)."""
+    return [t["name"] for t in body.get("tools") or [] if not t.get("defer_loading")]
+
+
 def test_round_trip_without_streaming(make_proxy, fake_api) -> None:
     proxy = make_proxy()
     client = proxy.client(_strict_response_validation=True)
@@ -132,7 +140,7 @@ def test_round_trip_without_streaming(make_proxy, fake_api) -> None:
     assert second.choices[0].message.content == "Tool said: 21C sunny"
     assert second.choices[0].finish_reason == "stop"
     requests = fake_api.main_requests()
-    assert sorted(t["name"] for t in requests[0]["tools"]) == ["mcp__tools__get_time", "mcp__tools__get_weather"]
+    assert sorted(loaded_tools(requests[0])) == ["mcp__tools__get_time", "mcp__tools__get_weather"]
     assert len(requests) == 2, "the continuation is the same run, not a new conversation"
     [result_block] = requests[1]["messages"][-1]["content"]
     assert result_block["type"] == "tool_result" and result_block["tool_use_id"] == call.id
@@ -218,6 +226,42 @@ def test_a_new_user_message_abandons_the_held_run(make_proxy) -> None:
                 {"role": "user", "content": "never mind"}]
     ask(client, moved_on, tools=[TIME])
     assert wait_until(lambda: not any(p.is_running() for p in held), timeout=10)
+
+
+FORTY = [{"type": "function", "function": {
+    "name": f"tool_{i:02d}", "description": f"Tool number {i}: " + "looks a thing up in the records. " * 30,
+    "parameters": {"type": "object", "properties": {"key": {"type": "string", "description": "what to look up"}}}}}
+    for i in range(40)]
+
+
+@pytest.mark.parametrize("settings", [{}, {"claude_keep_builtin_tools": 1, "enable_tool_search": "true"}],
+                         ids=["client-tools-only", "with-claude-code-tools-and-tool-search"])
+def test_forty_tools_are_all_loaded_and_the_last_one_is_called(make_proxy, fake_api, settings) -> None:
+    # With Claude Code's own tools on, CLI 2.1.331 defers MCP tools behind its tool search (2.1.197 does with
+    # ENABLE_TOOL_SEARCH): the model would see their names only, and "NO TOOL tool_39" would come back.
+    client = make_proxy(**settings).client()
+    answer = ask(client, [{"role": "user", "content": '[[tool:tool_39:{"key":"k9"}]]'}], tools=FORTY)
+    [call] = answer.choices[0].message.tool_calls
+    assert (call.function.name, json.loads(call.function.arguments)) == ("tool_39", {"key": "k9"})
+    loaded = loaded_tools(fake_api.main_requests()[0])
+    assert {f"mcp__tools__tool_{i:02d}" for i in range(40)} <= set(loaded)
+
+
+def test_a_tool_call_held_past_the_auto_background_limit_stays_in_the_run(make_proxy, fake_api) -> None:
+    # CLI 2.1.331 moves an MCP call still running after CLAUDE_CODE_MCP_AUTO_BACKGROUND_MS to the background when
+    # CLAUDE_AUTO_BACKGROUND_TASKS is on, and tells the model "still running" instead of the result. Here the limit
+    # is lowered to 1.5 s in the proxy's environment, and the client takes 4 s to bring the result.
+    proxy = make_proxy(claude_auto_background_tasks=1, claude_code_mcp_auto_background_ms=1500)
+    client = proxy.client()
+    messages = [{"role": "user", "content": '[[tool:get_weather:{"city":"Paris"}]]'}]
+    first = ask(client, messages, tools=[WEATHER])
+    assert first.choices[0].finish_reason == "tool_calls"
+    time.sleep(4)
+    assert len(fake_api.main_requests()) == 1, "the model was asked again while the call was held"
+    second = ask(client, continue_with(messages, first.choices[0].message, {"get_weather": "21C sunny"}),
+                 tools=[WEATHER])
+    assert second.choices[0].message.content == "Tool said: 21C sunny"
+    assert len(fake_api.main_requests()) == 2
 
 
 def test_tool_choice_none_exposes_no_tools_and_a_bad_name_is_400(make_proxy, fake_api) -> None:

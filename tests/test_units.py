@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import re
+from pathlib import Path
 
 import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
@@ -190,6 +192,11 @@ def test_resolve_model(model: str, expected: str | None) -> None:
     assert main.resolve_model(model, Settings()) == expected
 
 
+@pytest.mark.parametrize("model", ["fable", "opus[1m]", "claude-opus-5-5[1m]"])
+def test_aliases_of_newer_clis_go_to_the_cli(model: str) -> None:
+    assert main.resolve_model(model, Settings()) == model
+
+
 def test_unknown_model_is_404_listing_the_valid_ids() -> None:
     with pytest.raises(main.ModelNotFound) as raised:
         main.resolve_model("gpt-4o", Settings())
@@ -235,9 +242,63 @@ def test_child_env_drops_nesting_markers_and_the_proxy_token() -> None:
     env = main.child_env(Settings(max_retries=2, tool_wait=60, timeout=30),
                          {"CLAUDECODE": "1", "CLAUDE_PROXY_TOKEN": "t", "PATH": "/bin"})
     assert env == {"PATH": "/bin", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "CLAUDE_CODE_MAX_RETRIES": "2",
-                   "MCP_TOOL_TIMEOUT": "90000"}
+                   "MCP_TOOL_TIMEOUT": "90000", "CLAUDE_CODE_MCP_AUTO_BACKGROUND_MS": "0"}
     kept = main.child_env(Settings(), {"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "0"})
     assert kept["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] == "0"
+    # A held client tool call must never be moved to the background, whatever the user's environment says.
+    forced = main.child_env(Settings(), {"CLAUDE_CODE_MCP_AUTO_BACKGROUND_MS": "1500"})
+    assert forced["CLAUDE_CODE_MCP_AUTO_BACKGROUND_MS"] == "0"
+
+
+HELP_2_1_331 = """Usage: claude [options] [command] [prompt]
+
+Options:
+  --add-dir <directories...>            More directories Claude can access
+  --exclude-dynamic-system-prompt-sections
+      Move per-machine sections (cwd, env info, memory paths, git status) from
+  -p, --print                           Print response and exit (useful for pipes). Note: The
+                                        workspace trust dialog is skipped when Claude is run with the -p mode.
+  --tools <tools...>                    Built-in tools to make available: "" for none, "default" for the default set
+"""
+
+
+def test_the_flags_a_cli_knows_are_read_from_its_help() -> None:
+    flags = main.cli_flags_of(HELP_2_1_331)
+    assert {"--add-dir", "--exclude-dynamic-system-prompt-sections", "--print", "--tools"} <= flags
+    assert "--p" not in flags and not any(flag.endswith("-") for flag in flags)
+    assert main.cli_flags_of("") == frozenset()
+
+
+def test_the_supported_cli_range_is_what_the_tests_pin() -> None:
+    run_sh = (Path(__file__).parent / "run.sh").read_text()
+    pins = dict(re.findall(r'^(CLAUDE_CLI_OLDEST|CLAUDE_CLI_VERSION)="([\d.]+)"', run_sh, re.MULTILINE))
+    assert (pins["CLAUDE_CLI_OLDEST"], pins["CLAUDE_CLI_VERSION"]) == main.SUPPORTED_CLI
+
+
+def test_dynamic_system_prompt_sections_are_excluded_only_on_clis_that_know_the_flag() -> None:
+    flag = "--exclude-dynamic-system-prompt-sections"
+    assert flag in main.build_argv("/bin/claude", Settings(), Launch(), cli_flags=main.cli_flags_of(HELP_2_1_331))
+    assert flag not in main.build_argv("/bin/claude", Settings(), Launch(), cli_flags=frozenset({"--tools"}))
+
+
+def test_control_requests_and_their_responses() -> None:
+    line = main.control_request("r1", "initialize")
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert json.loads(line) == {"type": "control_request", "request_id": "r1", "request": {"subtype": "initialize"}}
+    ok = {"type": "control_response", "response": {"subtype": "success", "request_id": "r1", "response": {"a": 1}}}
+    assert main.control_response(ok, "r1") == {"a": 1}
+    assert main.control_response(ok, "r2") is None
+    assert main.control_response({"type": "result"}, "r1") is None
+    refused = {"type": "control_response", "response": {"subtype": "error", "request_id": "r1", "error": "no"}}
+    assert main.control_response(refused, "r1") == {}
+
+
+def test_offered_models_are_the_cli_values_and_what_they_resolve_to() -> None:
+    initialized = {"models": [
+        {"value": "default", "resolvedModel": "claude-opus-5-5"}, {"value": "opus", "resolvedModel": "claude-opus-5-5"},
+        {"value": "sonnet[1m]", "resolvedModel": "claude-sonnet-5[1m]"}, {"value": "haiku"}, "junk"]}
+    assert main.offered_models(initialized) == ("opus", "sonnet[1m]", "haiku", "claude-opus-5-5", "claude-sonnet-5[1m]")
+    assert main.offered_models({}) == ()
 
 
 def test_user_message_is_one_stream_json_line() -> None:
@@ -258,7 +319,8 @@ def test_parse_event(line: bytes, event: dict | None) -> None:
 
 @pytest.mark.parametrize("status,cls,http", [(401, main.UpstreamAuthError, 502), (429, main.UpstreamRateLimited, 429),
                                              (529, main.UpstreamOverloaded, 503), (500, main.UpstreamError, 502),
-                                             (400, main.UpstreamError, 502), (None, main.ClaudeFailed, 502)])
+                                             (400, main.UpstreamError, 502), (None, main.ClaudeFailed, 502),
+                                             (404, main.ModelNotFound, 404)])
 def test_result_errors_map_to_statuses(status: int | None, cls: type, http: int) -> None:
     error = main.result_error({"is_error": True, "api_error_status": status, "result": "API Error: x"}, None, False)
     assert type(error) is cls and error.status == http
@@ -393,6 +455,15 @@ def test_client_tool_calls_in_a_completion() -> None:
     assert completion.choices[0].finish_reason == "tool_calls" and message.content == "Checking."
     assert [(c.id, c.function.name, c.function.arguments) for c in message.tool_calls] == [
         ("toolu_a", "get_weather", '{"city": "Paris"}'), ("toolu_b", "get_time", "{}")]
+
+
+def test_the_cli_timing_of_the_result_is_kept() -> None:
+    interpreter = main.Interpreter()
+    interpreter.feed({**RESULT, "ttft_ms": 93, "time_to_request_ms": 88, "duration_ms": 120})
+    assert interpreter.answer.timing == {"ttft_ms": 93, "time_to_request_ms": 88}
+    older = main.Interpreter()
+    older.feed(RESULT)
+    assert older.answer.timing == {}
 
 
 def test_no_usage_chunk_unless_asked() -> None:
