@@ -1599,19 +1599,21 @@ class Processes:
         configured), removed when the process stops."""
         claude_bin = self.require_claude()
         workdir = tempfile.mkdtemp(prefix="claude-proxy-")
-        prompt_file = None
-        if launch.system_prompt and len(launch.system_prompt.encode()) > SYSTEM_PROMPT_FILE_BYTES:
-            # Linux refuses a single argv string over 128 KiB (E2BIG); the CLI reads a file as well.
-            prompt_file = os.path.join(workdir, ".system-prompt.txt")
-            Path(prompt_file).write_text(launch.system_prompt)
-        bridge = ToolBridge(launch.tools) if launch.tools else None
-        mcp_url = f"{self_url(self.settings)}/mcp/{bridge.secret}" if bridge else None
-        argv = build_argv(claude_bin, self.settings, launch, prompt_file, mcp_url)
-        cwd = launch.cwd or (self._new_conversation_folder() if launch.persist else workdir)
+        made = [workdir]  # removed again if the process does not start
         try:
+            prompt_file = None
+            if launch.system_prompt and len(launch.system_prompt.encode()) > SYSTEM_PROMPT_FILE_BYTES:
+                # Linux refuses a single argv string over 128 KiB (E2BIG); the CLI reads a file as well.
+                prompt_file = os.path.join(workdir, ".system-prompt.txt")
+                Path(prompt_file).write_text(launch.system_prompt)
+            bridge = ToolBridge(launch.tools) if launch.tools else None
+            mcp_url = f"{self_url(self.settings)}/mcp/{bridge.secret}" if bridge else None
+            argv = build_argv(claude_bin, self.settings, launch, prompt_file, mcp_url)
+            cwd = launch.cwd or (self._new_conversation_folder() if launch.persist else workdir)
+            made.append(cwd)
             process = await ClaudeProcess.spawn(argv, self.env, cwd, workdir, self.settings.max_line_bytes)
-        except ProxyError:
-            for folder in {workdir, cwd} - {launch.cwd}:
+        except BaseException:
+            for folder in set(made) - {launch.cwd}:
                 shutil.rmtree(folder, ignore_errors=True)
             raise
         process.cwd, process.owns_cwd = cwd, cwd != workdir and launch.cwd is None
@@ -1963,9 +1965,33 @@ async def read_json(request: Request, max_bytes: int) -> Any:
         if len(body) > max_bytes:
             raise PayloadTooLarge(f"The request body is larger than PROXY_MAX_BODY_BYTES ({max_bytes} bytes)")
     try:
-        return json.loads(body)
+        parsed = json.loads(body)
     except (ValueError, RecursionError) as exc:
         raise InvalidRequest(f"The request body is not valid JSON: {str(exc)[:200]}") from None
+    if MAYBE_UNSENDABLE.search(body) and unsendable(parsed):
+        raise InvalidRequest("The request body holds a NUL character or an unpaired surrogate (\\u0000, \\ud800…), "
+                             "which no text sent to Claude Code can carry")
+    return parsed
+
+
+# JSON escapes or UTF-8 bytes that may stand for a NUL or a surrogate: only a body holding one is walked.
+MAYBE_UNSENDABLE = re.compile(rb"\\u0000|\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
+UNSENDABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def unsendable(value: Any) -> bool:
+    """Whether a parsed JSON value has a NUL or an unpaired surrogate in a string: neither can reach the CLI (argv
+    refuses NUL, UTF-8 has no surrogates), nor be echoed back."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str) and UNSENDABLE.search(item):
+            return True
+        if isinstance(item, dict):
+            stack += [*item.keys(), *item.values()]
+        elif isinstance(item, list):
+            stack += item
+    return False
 
 
 def parse_body(model: type[ModelT], body: Any) -> ModelT:
