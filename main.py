@@ -17,12 +17,14 @@ Contents, each section using only those above it:
     3. Conversation      the protocol-neutral request: turns, tools, keys, the prompt, images
     4. Claude Code process   argv, environment, stream-json framing, stopping, the MCP tool bridge
     5. Interpreter       CLI events -> answer events and an Answer (the only reader of stream-json)
-    6. Runs              Run and its states, admission, the warm pool, sessions, parked runs
-    7. Runner            Processes (start/stop) and Runner (routing a conversation, keeping processes)
-    8. HTTP plumbing     guards, one log line per request, bodies, tokens, the stream driver shared by every door
-    9. Chat Completions  the OpenAI door: request models, parser, renderer, handler
-   10. The app           health, models, the MCP bridge, create_app (the routes)
-   11. Entry point       main
+    6. State on disk     private files written safely, the state directory, the session map's file
+    7. Runs              Run and its states, admission, the warm pool, sessions, parked runs
+    8. Runner            Processes (start/stop) and Runner (routing a conversation, keeping processes)
+    9. HTTP plumbing     guards, one log line per request, bodies, tokens, the stream driver shared by every door
+   10. Chat Completions  the OpenAI door: request models, parser, renderer, handler
+   11. Responses         the OpenAI Responses door: parser, renderer, handler
+   12. The app           health, models, the MCP bridge, create_app (the routes)
+   13. Entry point       main
 
 Run it with ``./run.sh`` (``./run.sh --help`` lists every setting; each flag has an environment variable).
 It listens on 127.0.0.1:18880 by default. Claude Code runs with permissions skipped unless CLAUDE_PERMISSION_MODE
@@ -696,6 +698,7 @@ class ClaudeProcess:
         self.bridge: ToolBridge | None = None
         self.cwd = workdir
         self.owns_cwd = False  # a conversation folder made for this process, removed with it unless a session keeps it
+        self.persistent = False  # Claude Code saves its session (a transcript --resume can read)
 
     @classmethod
     async def spawn(cls, argv: list[str], env: dict[str, str], cwd: str, workdir: str,
@@ -1167,7 +1170,99 @@ class Interpreter:
         return [Started(index), Delta(index, "".join(lines)), Ended(index)]
 
 
-# ── 6. Runs: a process at work for a request, and where idle processes wait ─
+# ── 6. State on disk: private files, the state directory, the session map's file ─
+# Files the proxy keeps (CLAUDE_STATE_DIR) must survive a planted link, a corrupt file and a directory that cannot be
+# written: each fault is reported and degrades a feature, none stops the proxy or fails a request.
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replace `path` with a file only this user can read, atomically and following no link: the text goes to a new
+    file of a random name (O_EXCL and O_NOFOLLOW: a planted file or link is never written through), which is then
+    renamed over `path` (a rename replaces a link at `path` itself, never what it points to)."""
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    descriptor = os.open(temporary, flags, 0o600)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+class StateDir:
+    """CLAUDE_STATE_DIR: the session map and the conversation folders. One that cannot be written is reported (GET /)
+    and conversations are not kept until it can be again (`check`), instead of failing requests."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.error: str | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.error is None
+
+    def check(self) -> bool:
+        """Whether the directory can be written now (it is made if missing); notes the fault or its end."""
+        try:
+            (self.path / "conversations").mkdir(mode=0o700, parents=True, exist_ok=True)
+            probe = self.path / ".probe"
+            write_private(probe, "")
+            probe.unlink()
+        except OSError as exc:
+            self.failed(f"cannot write {self.path}", exc)
+            return False
+        if self.error is not None:
+            logger.info("the state directory %s can be written again; conversations are kept again", self.path)
+            self.error = None
+        return True
+
+    def failed(self, what: str, exc: OSError) -> None:
+        if self.error is None:
+            logger.warning("%s (%s): conversations are not kept until it can be written", what, exc.strerror or exc)
+        self.error = f"{what}: {exc.strerror or exc}"
+
+
+SESSION_FIELDS: dict[str, tuple[type, ...]] = {"session_id": (str,), "cwd": (str,), "owned": (bool,),
+                                               "updated": (int, float)}
+
+
+def valid_session_entry(entry: Any) -> bool:
+    return isinstance(entry, dict) and all(
+        isinstance(entry.get(name), kinds) and not (kinds != (bool,) and isinstance(entry.get(name), bool))
+        for name, kinds in SESSION_FIELDS.items()) and math.isfinite(entry["updated"])
+
+
+def load_session_map(path: Path) -> dict[str, dict[str, Any]]:
+    """The saved session map's valid entries (only their known fields). A file that is not a JSON object is moved
+    aside with a warning; invalid entries are dropped with one (the next save writes the file without them)."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        return set_aside(path, str(exc)[:200])
+    if not isinstance(saved, dict):
+        return set_aside(path, f"a JSON {type(saved).__name__}, not an object")
+    entries = {key: {name: entry[name] for name in SESSION_FIELDS} for key, entry in saved.items()
+               if valid_session_entry(entry)}
+    if len(entries) < len(saved):
+        logger.warning("dropped %d invalid entries of %s", len(saved) - len(entries), path)
+    return entries
+
+
+def set_aside(path: Path, why: str) -> dict[str, dict[str, Any]]:
+    aside = path.with_name(f"{path.name}.bad-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        path.replace(aside)
+        logger.warning("%s is unusable (%s): moved to %s; starting with no known conversations", path, why, aside)
+    except OSError as exc:
+        logger.warning("%s is unusable (%s) and cannot be moved aside (%s)", path, why, exc.strerror or exc)
+    return {}
+
+
+# ── 7. Runs: a process at work for a request, and where idle processes wait ─
 
 
 class Background:
@@ -1422,27 +1517,21 @@ class SessionStore:
     `max_live` processes are kept.
     """
 
-    def __init__(self, path: Path, max_live: int, ttl: float) -> None:
+    def __init__(self, path: Path, max_live: int, ttl: float, state: StateDir | None = None) -> None:
         self.path = path
         self.max_live = max_live
         self.ttl = ttl
-        self.sessions: dict[str, Session] = self._load()
-
-    def _load(self) -> dict[str, Session]:
-        try:
-            saved = json.loads(self.path.read_text())
-            return {key: Session(**entry) for key, entry in saved.items()}
-        except (OSError, ValueError, TypeError):
-            return {}
+        self.state = state or StateDir(path.parent)
+        self.sessions: dict[str, Session] = {key: Session(**entry) for key, entry in load_session_map(path).items()}
 
     def save(self) -> None:
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        entries = {key: {f: getattr(s, f) for f in ("session_id", "cwd", "owned", "updated")}
-                   for key, s in self.sessions.items()}
-        temporary = self.path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(entries))
-        temporary.chmod(0o600)
-        temporary.replace(self.path)
+        """Write the map; a state directory that cannot be written is noted (sessions pause), never an error."""
+        entries = {key: {f: getattr(s, f) for f in SESSION_FIELDS} for key, s in self.sessions.items()}
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            write_private(self.path, json.dumps(entries))
+        except OSError as exc:
+            self.state.failed(f"cannot write {self.path}", exc)
 
     def find(self, conversation: Conversation) -> tuple[str, int] | None:
         """The key of the longest known conversation the request continues with new user turns, and where those
@@ -1551,7 +1640,7 @@ class Parking:
         return len(self._timers)
 
 
-# ── 7. Runner: the one owner of Claude Code processes ────────────────────
+# ── 8. Runner: the one owner of Claude Code processes ────────────────────
 
 
 class Processes:
@@ -1565,7 +1654,7 @@ class Processes:
         self.claude_version: str | None = None
         self.live: set[ClaudeProcess] = set()
         self.bridges: dict[str, ToolBridge] = {}
-        self.state_dir = Path(settings.state_dir).expanduser()
+        self.state = StateDir(Path(settings.state_dir).expanduser())
         self.closed = False
 
     def require_claude(self) -> str:
@@ -1606,17 +1695,20 @@ class Processes:
                 # Linux refuses a single argv string over 128 KiB (E2BIG); the CLI reads a file as well.
                 prompt_file = os.path.join(workdir, ".system-prompt.txt")
                 Path(prompt_file).write_text(launch.system_prompt)
+            cwd = launch.cwd or (self._new_conversation_folder() if launch.persist else None)
+            if launch.persist and cwd is None:
+                launch = dataclasses.replace(launch, persist=False)  # the state directory failed: no session
+            cwd = cwd or workdir
+            made.append(cwd)
             bridge = ToolBridge(launch.tools) if launch.tools else None
             mcp_url = f"{self_url(self.settings)}/mcp/{bridge.secret}" if bridge else None
             argv = build_argv(claude_bin, self.settings, launch, prompt_file, mcp_url)
-            cwd = launch.cwd or (self._new_conversation_folder() if launch.persist else workdir)
-            made.append(cwd)
             process = await ClaudeProcess.spawn(argv, self.env, cwd, workdir, self.settings.max_line_bytes)
         except BaseException:
             for folder in set(made) - {launch.cwd}:
                 shutil.rmtree(folder, ignore_errors=True)
             raise
-        process.cwd, process.owns_cwd = cwd, cwd != workdir and launch.cwd is None
+        process.cwd, process.owns_cwd, process.persistent = cwd, cwd != workdir and launch.cwd is None, launch.persist
         if bridge:
             process.bridge = self.bridges[bridge.secret] = bridge
         self.live.add(process)
@@ -1625,10 +1717,14 @@ class Processes:
             raise ShuttingDown("The proxy is shutting down", retry_after=5)
         return process
 
-    def _new_conversation_folder(self) -> str:
+    def _new_conversation_folder(self) -> str | None:
         # --resume finds a session only from the folder it was created in, so a conversation keeps its own folder.
-        folder = self.state_dir / "conversations" / uuid.uuid4().hex
-        folder.mkdir(mode=0o700, parents=True)
+        folder = self.state.path / "conversations" / uuid.uuid4().hex
+        try:
+            folder.mkdir(mode=0o700, parents=True)
+        except OSError as exc:
+            self.state.failed(f"cannot make a conversation folder in {self.state.path}", exc)
+            return None
         return str(folder)
 
     async def retire(self, process: ClaudeProcess) -> None:
@@ -1671,7 +1767,8 @@ class Runner:
                              self.processes.retire, self.background)
         self.parking = Parking(settings.tool_wait, settings.max_parked, self._stop_run, self.background)
         self.sessions = SessionStore(
-            self.processes.state_dir / "sessions.json", settings.max_live_sessions, settings.session_ttl
+            self.processes.state.path / "sessions.json", settings.max_live_sessions, settings.session_ttl,
+            self.processes.state,
         ) if settings.sessions else None
 
     @property
@@ -1689,7 +1786,7 @@ class Runner:
         prompt = build_prompt(conversation.turns, self.settings.system_prompt_mode)
         system = "\n\n".join(x for x in (prompt.system, conversation.tool_instruction) if x) or None
         launch = Launch(model=conversation.cli_model, system_prompt=system, cwd=self.settings.cwd or None,
-                        tools=conversation.tools, persist=self.sessions is not None)
+                        tools=conversation.tools, persist=self.sessions is not None and self.processes.state.usable)
         if found := self._find_session(conversation):
             key, start = found
             new_turns = conversation.turns[start:]
@@ -1797,7 +1894,7 @@ class Runner:
 
     def _keepable(self, run: Run) -> bool:
         return (run.state is RunState.DONE and not run.failed and self.sessions is not None and not self.closed
-                and run.process.alive and run.interpreter.session_id is not None
+                and run.process.alive and run.process.persistent and run.interpreter.session_id is not None
                 and not run.answer.of_kind("tool_call"))
 
     def _keep(self, run: Run) -> None:
@@ -1824,9 +1921,14 @@ class Runner:
         interval = max(0.2, min(self.settings.pool_idle_ttl / 2, 30.0))
         while True:
             await asyncio.sleep(interval)
-            await self.pool.expire()
-            if self.sessions:
-                await self.processes.remove(*self.sessions.expire(self.settings.pool_idle_ttl))
+            try:
+                await self.pool.expire()
+                if self.sessions:
+                    await self.processes.remove(*self.sessions.expire(self.settings.pool_idle_ttl))
+                    if not self.processes.state.usable:
+                        self.processes.state.check()
+            except Exception:  # one bad round must not end maintenance for good
+                logger.exception("maintenance failed; trying again in %.0f s", interval)
 
     async def stop_all(self) -> None:
         """Refuse new runs and stop every process (shutdown)."""
@@ -1835,7 +1937,7 @@ class Runner:
         await self.processes.stop_all()
 
 
-# ── 8. HTTP plumbing: guards, logging, bodies, the stream driver ─────────
+# ── 9. HTTP plumbing: guards, logging, bodies, the stream driver ─────────
 
 
 def app_state(request: Request) -> tuple[Settings, Runner]:
@@ -2162,7 +2264,7 @@ def sse(payload: dict[str, Any], event: str | None = None) -> str:
     return f"event: {event}\n{data}" if event else data
 
 
-# ── 9. OpenAI Chat Completions: parser, renderer, handler ────────────────
+# ── 10. OpenAI Chat Completions: parser, renderer, handler ───────────────
 # https://platform.openai.com/docs/api-reference/chat/create
 
 
@@ -2450,7 +2552,7 @@ async def chat_completion(request: Request, body: dict[str, Any]) -> Response:
     return await answer_as_chat(request, chat_conversation(req, settings), req.stream, include_usage)
 
 
-# ── 10. OpenAI Responses: parser, renderer, handler ───────────────────────
+# ── 11. OpenAI Responses: parser, renderer, handler ───────────────────────
 # https://platform.openai.com/docs/api-reference/responses/create — Codex, the Vercel AI SDK, the Agents SDK.
 
 
@@ -2777,7 +2879,7 @@ async def cursor_completion(request: Request, body: dict[str, Any]) -> Response:
     return await answer_as_chat(request, conversation, req.stream, include_usage)
 
 
-# ── 11. The app: health, models, the MCP bridge, routes ──────────────────
+# ── 12. The app: health, models, the MCP bridge, routes ──────────────────
 
 
 def model_card(model_id: str) -> dict[str, Any]:
@@ -2792,8 +2894,11 @@ async def health(request: Request) -> dict[str, Any]:
     claude: dict[str, Any] = {"found": claude_bin is not None, "path": claude_bin, "version": processes.claude_version}
     if claude_bin is None:
         claude["error"] = "Claude Code CLI not found: install it or set CLAUDE_BIN"
-    return {"status": "ok" if claude_bin else "unavailable", "service": "claude-code-openai-proxy",
-            "version": __version__, "claude": claude, "pool": {"idle": runner.pool.idle_count}}
+    state = runner.processes.state
+    status = "unavailable" if not claude_bin else "degraded" if runner.sessions and not state.usable else "ok"
+    return {"status": status, "service": "claude-code-openai-proxy", "version": __version__, "claude": claude,
+            "pool": {"idle": runner.pool.idle_count},
+            "state": {"path": str(state.path), "usable": state.usable, "error": state.error}}
 
 
 async def list_models(request: Request) -> dict[str, Any]:
@@ -2837,6 +2942,8 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await runner.processes.probe()
+        if runner.sessions:
+            runner.processes.state.check()
         maintenance = asyncio.create_task(runner.maintain())
         yield
         maintenance.cancel()
@@ -2864,7 +2971,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     return app
 
 
-# ── 12. Entry point ─────────────────────────────────────────────────────
+# ── 13. Entry point ─────────────────────────────────────────────────────
 
 
 class ProxyServer(uvicorn.Server):
