@@ -1581,6 +1581,16 @@ class SessionStore:
         return [s.process for s in dropped if s.process], [s.cwd for s in dropped if s.owned]
 
 
+def carries_calls_of(conversation: Conversation, run: Run) -> bool:
+    """Whether `conversation` has an assistant turn with the very tool calls the run made (their ids and names; the
+    ids are the API's random ones), in the same model: the mark of the conversation a parked run belongs to, an
+    edited one included. Arguments are not compared: clients may send them back reformatted."""
+    made = {(block.call_id, block.name) for block in run.answer.of_kind("tool_call")}
+    return conversation.model == run.conversation.model and any(
+        {(call.id, call.name) for call in turn.calls} == made
+        for turn in conversation.turns if turn.role == "assistant" and turn.calls)
+
+
 class Parking:
     """Runs waiting for the client's tool results, by the ids of the calls they wait for.
 
@@ -1617,13 +1627,13 @@ class Parking:
     def find(self, conversation: Conversation) -> tuple[Run | None, list[Run]]:
         """The parked run `conversation` continues with its tool results (it must answer every call the run waits
         for, right after the conversation that led to them), and the parked runs it left behind: calls it
-        answers otherwise, or moved on from."""
+        answers otherwise, or moved on from. Only runs whose calls the conversation carries are concerned: a tool
+        result naming another conversation's call id leaves that conversation's run alone."""
         results = conversation.tool_results()
-        called = {call.id for turn in conversation.turns if turn.role == "assistant" for call in turn.calls}
-        superseded = {run for call_id, run in self.runs.items()
-                      if call_id in called and not set(run.interpreter.awaiting) <= set(results)}
+        own = {run for run in self.runs.values() if carries_calls_of(conversation, run)}
+        superseded = {run for run in own if not set(run.interpreter.awaiting) <= set(results)}
         run = self.runs.get(next(iter(results), ""))
-        if run is None or run in superseded:
+        if run is None or run not in own or run in superseded:
             return None, list(superseded)
         history = len(conversation.turns) - len(results) - 1
         if set(run.interpreter.awaiting) != set(results) or history < 0 \
