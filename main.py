@@ -99,7 +99,9 @@ class Settings:
         "PROXY_ALLOWED_ORIGINS", "", "comma-separated browser origins allowed to call the API (CORS); default none"
     )
     port: int = setting("PROXY_PORT", 18880, "port to listen on")
-    token: str = setting("CLAUDE_PROXY_TOKEN", "", "bearer token clients must send (Authorization or x-api-key)")
+    token: str = setting("CLAUDE_PROXY_TOKEN", "", "bearer token clients must send (Authorization or x-api-key); "
+                         "as a flag every user of the machine can read it in ps: prefer the variable or --token-file")
+    token_file: str = setting("CLAUDE_PROXY_TOKEN_FILE", "", "file whose first line is the token (instead of --token)")
     model_name: str = setting("MODEL_NAME", "claude-code", "model id that means the CLI's own default model")
     max_turns: int = setting("CLAUDE_MAX_TURNS", 10, "agent turns per request (--max-turns)")
     timeout: float = setting("CLAUDE_TIMEOUT", 300.0, "seconds a request may take, queueing included")
@@ -153,7 +155,7 @@ CLAUDE_INSTALL_PLACES = (
     "/opt/homebrew/bin/claude",
     "/usr/local/bin/claude",
 )
-CHILD_ENV_DROPPED = ("CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT", "CLAUDE_PROXY_TOKEN")
+CHILD_ENV_DROPPED = ("CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT", "CLAUDE_PROXY_TOKEN", "CLAUDE_PROXY_TOKEN_FILE")
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
 MCP_SERVER = "tools"
 MCP_PREFIX = f"mcp__{MCP_SERVER}__"
@@ -192,9 +194,24 @@ def settings_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
 
 
 def load_settings(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
-    """Settings from flags, then environment variables, then defaults."""
+    """Settings from flags, then environment variables, then defaults; the token from its file if one is named."""
     parser = settings_parser(os.environ if environ is None else environ)
-    return Settings(**vars(parser.parse_args(argv)))
+    settings = Settings(**vars(parser.parse_args(argv)))
+    if not settings.token_file:
+        return settings
+    if settings.token:
+        parser.error("give the token either in CLAUDE_PROXY_TOKEN (--token) or in CLAUDE_PROXY_TOKEN_FILE, not both")
+    try:
+        token = (Path(settings.token_file).expanduser().read_text().splitlines() or [""])[0].strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        parser.error(f"cannot read the token file {settings.token_file}: {exc}")
+    if not token:
+        parser.error(f"the token file {settings.token_file} is empty")
+    return dataclasses.replace(settings, token=token)
+
+
+def token_on_argv(argv: Sequence[str]) -> bool:
+    return any(word == "--token" or word.startswith("--token=") for word in argv)
 
 
 def is_loopback(host: str) -> bool:
@@ -605,7 +622,7 @@ class Launch:
 
 
 def build_argv(claude_bin: str, settings: Settings, launch: Launch, system_prompt_file: str | None = None,
-               mcp_url: str | None = None) -> list[str]:
+               mcp_config_file: str | None = None) -> list[str]:
     """The CLI's argv. The prompt is never in it: it goes on stdin as stream-json.
 
     Caller-controlled values use --flag=value so that a value starting with '-' cannot become a flag
@@ -628,12 +645,18 @@ def build_argv(claude_bin: str, settings: Settings, launch: Launch, system_promp
             argv.append(f"{flag}-file={system_prompt_file}")
         else:
             argv.append(f"{flag}={launch.system_prompt}")
-    if mcp_url:
-        config = {"mcpServers": {MCP_SERVER: {"type": "http", "url": mcp_url}}}
-        argv += [f"--mcp-config={json.dumps(config)}", "--strict-mcp-config", f"--allowedTools=mcp__{MCP_SERVER}"]
+    if mcp_config_file:
+        argv += [f"--mcp-config={mcp_config_file}", "--strict-mcp-config", f"--allowedTools=mcp__{MCP_SERVER}"]
         if not settings.keep_builtin_tools:
             argv.append("--tools=")
     return argv
+
+
+def mcp_config(url: str, secret: str) -> str:
+    """The --mcp-config of a process serving the client's tools: the proxy's MCP endpoint, the bridge's secret as a
+    bearer token. It goes in a mode-600 file, never on argv, which every user of the machine can read (ps)."""
+    server = {"type": "http", "url": url, "headers": {"Authorization": f"Bearer {secret}"}}
+    return json.dumps({"mcpServers": {MCP_SERVER: server}})
 
 
 def child_env(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:
@@ -1711,8 +1734,11 @@ class Processes:
             cwd = cwd or workdir
             made.append(cwd)
             bridge = ToolBridge(launch.tools) if launch.tools else None
-            mcp_url = f"{self_url(self.settings)}/mcp/{bridge.secret}" if bridge else None
-            argv = build_argv(claude_bin, self.settings, launch, prompt_file, mcp_url)
+            config_file = None
+            if bridge:
+                config_file = os.path.join(workdir, ".mcp-config.json")
+                write_private(Path(config_file), mcp_config(f"{self_url(self.settings)}/mcp", bridge.secret))
+            argv = build_argv(claude_bin, self.settings, launch, prompt_file, config_file)
             process = await ClaudeProcess.spawn(argv, self.env, cwd, workdir, self.settings.max_line_bytes)
         except BaseException:
             for folder in set(made) - {launch.cwd}:
@@ -2116,12 +2142,16 @@ def parse_body(model: type[ModelT], body: Any) -> ModelT:
         raise validation_error(exc) from None
 
 
+def bearer_token(request: Request) -> str | None:
+    authorization = request.headers.get("authorization", "")
+    return authorization[7:].strip() if authorization[:7].lower() == "bearer " else None
+
+
 def check_token(request: Request, token: str) -> None:
     """Require the configured token as a bearer token or x-api-key; compared in constant time."""
     if not token:
         return
-    bearer = request.headers.get("authorization", "")
-    offered = bearer[7:].strip() if bearer[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
+    offered = bearer_token(request) or request.headers.get("x-api-key", "")
     if not hmac.compare_digest(offered.encode(), token.encode()):
         raise Unauthorized("Missing or invalid API key: send 'Authorization: Bearer <CLAUDE_PROXY_TOKEN>'")
 
@@ -2924,10 +2954,11 @@ async def get_model(model_id: str, request: Request) -> dict[str, Any]:
     return model_card(model_id)
 
 
-async def mcp_endpoint(secret: str, request: Request) -> Response:
-    # Claude Code's MCP client calls back here for the client's tools; the unguessable path is the credential.
+async def mcp_endpoint(request: Request) -> Response:
+    # Claude Code's MCP client calls back here for the client's tools, with its bridge's secret as a bearer token
+    # (from its --mcp-config file: a secret in the URL would be on argv, visible to every user in ps).
     settings, runner = app_state(request)
-    bridge = runner.processes.bridges.get(secret)
+    bridge = runner.processes.bridges.get(bearer_token(request) or "")
     if bridge is None:
         raise NotFound("No such tool bridge")
     message = await read_json(request, settings.max_body_bytes)
@@ -2973,7 +3004,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     app.add_api_route("/", health, methods=["GET"])
     app.add_api_route("/v1/models", list_models, methods=["GET"])
     app.add_api_route("/v1/models/{model_id:path}", get_model, methods=["GET"])
-    app.add_api_route("/mcp/{secret}", mcp_endpoint, methods=["POST"])
+    app.add_api_route("/mcp", mcp_endpoint, methods=["POST"])
     for path in ("/v1/chat/completions", "/chat/completions"):
         app.add_api_route(path, chat_completions, methods=["POST"])
     for path in ("/v1/responses", "/responses"):
@@ -2999,6 +3030,9 @@ class ProxyServer(uvicorn.Server):
 def main(argv: list[str] | None = None) -> None:
     settings = load_settings(argv)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if token_on_argv(sys.argv[1:] if argv is None else argv):
+        logger.warning("the token given as --token can be read by every user of this machine (ps); "
+                       "set CLAUDE_PROXY_TOKEN or CLAUDE_PROXY_TOKEN_FILE instead")
     if not is_loopback(settings.host) and not settings.token:
         sys.exit(
             f"Refusing to listen on {settings.host} without a token: Claude Code runs shell commands for anyone who "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 
 import httpx
 import openai
@@ -54,12 +55,14 @@ def test_unsupported_tools_and_choices_are_refused() -> None:
 
 def test_argv_for_a_bridged_run() -> None:
     launch = main.Launch(tools=main.bridge_tools(request(tools=[WEATHER])))
-    argv = main.build_argv("/bin/claude", main.Settings(), launch, mcp_url="http://127.0.0.1:1/mcp/s3")
-    config = json.loads(next(a for a in argv if a.startswith("--mcp-config="))[len("--mcp-config="):])
-    assert config == {"mcpServers": {"tools": {"type": "http", "url": "http://127.0.0.1:1/mcp/s3"}}}
+    argv = main.build_argv("/bin/claude", main.Settings(), launch, mcp_config_file="/private/dir/.mcp-config.json")
+    assert "--mcp-config=/private/dir/.mcp-config.json" in argv
     assert {"--strict-mcp-config", "--allowedTools=mcp__tools", "--tools="} <= set(argv)
-    kept = main.build_argv("/bin/claude", main.Settings(keep_builtin_tools=True), launch, mcp_url="http://x")
+    kept = main.build_argv("/bin/claude", main.Settings(keep_builtin_tools=True), launch, mcp_config_file="/f")
     assert "--tools=" not in kept
+    config = json.loads(main.mcp_config("http://127.0.0.1:1/mcp", "s3cret"))
+    assert config == {"mcpServers": {"tools": {"type": "http", "url": "http://127.0.0.1:1/mcp",
+                                               "headers": {"Authorization": "Bearer s3cret"}}}}
 
 
 def test_trailing_tool_results_and_conversation_keys() -> None:
@@ -240,8 +243,29 @@ def test_required_tool_choice_reaches_the_system_prompt(make_proxy, fake_api) ->
 
 def test_the_bridge_rejects_unknown_secrets(make_proxy) -> None:
     proxy = make_proxy()
-    response = httpx.post(proxy.url + "/mcp/not-a-secret", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
-    assert response.status_code == 404 and "error" in response.json()
+    listing = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    for headers in ({}, {"Authorization": "Bearer not-a-secret"}, {"Authorization": "not-a-secret"}):
+        response = httpx.post(proxy.url + "/mcp", json=listing, headers=headers)
+        assert response.status_code == 404 and "error" in response.json()
+
+
+def test_the_bridge_secret_is_not_on_argv(make_proxy) -> None:
+    """Every user of the machine can read argv (ps); the secret goes in a mode-600 file in the run's private folder."""
+    proxy = make_proxy()
+    first = ask(proxy.client(), [{"role": "user", "content": "[[tool:get_time]]"}], tools=[TIME])
+    assert first.choices[0].finish_reason == "tool_calls"
+    [cli] = [p for p in proxy.children() if any(a.startswith("--mcp-config=") for a in p.cmdline())]
+    config_file = next(a for a in cli.cmdline() if a.startswith("--mcp-config="))[len("--mcp-config="):]
+    assert oct(os.stat(config_file).st_mode & 0o777) == "0o600"
+    server = json.loads(open(config_file).read())["mcpServers"]["tools"]
+    secret = server["headers"]["Authorization"].removeprefix("Bearer ")
+    assert len(secret) >= 24 and server["url"] == proxy.url + "/mcp"
+    everyone_sees = " ".join(" ".join(p.cmdline()) for p in [proxy.ps, *proxy.children()])
+    assert secret not in everyone_sees
+    tools = httpx.post(proxy.url + "/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+                       headers=server["headers"]).json()["result"]["tools"]
+    assert [t["name"] for t in tools] == ["get_time"]
+    assert secret not in proxy.output()
 
 
 def test_parked_runs_answer_only_to_their_own_conversation() -> None:
