@@ -78,6 +78,7 @@ from starlette.middleware.cors import CORSMiddleware
 __version__ = "0.1.0"
 logger = logging.getLogger("claude_proxy")
 ModelT = TypeVar("ModelT", bound=BaseModel)
+T = TypeVar("T")
 
 
 # ── 1. Configuration ─────────────────────────────────────────────────────
@@ -332,6 +333,12 @@ class UpstreamOverloaded(UpstreamError):
 
 class RunTimeout(ProxyError):
     status, type, code = 504, "timeout_error", "timeout"
+
+
+class ClientGone(ProxyError):
+    """The client went away: nothing is sent; 499 is what the log line says (nginx's "client closed request")."""
+
+    status, type, code = 499, "invalid_request_error", "client_closed_request"
 
 
 Door = Literal["openai", "responses", "anthropic"]
@@ -1310,10 +1317,16 @@ class Admission:
         self._slots = asyncio.Semaphore(running)
         self._waiting = 0
         self._max_waiting = waiting
+        self.running = 0
 
-    async def acquire(self, deadline: float) -> None:
+    def check(self) -> None:
+        """Raise Overloaded when every slot and every place in line is taken (a request can be refused before its
+        body is read)."""
         if self._slots.locked() and self._waiting >= self._max_waiting:
             raise Overloaded("Too many requests in flight; try again shortly", retry_after=5)
+
+    async def acquire(self, deadline: float) -> None:
+        self.check()
         self._waiting += 1
         try:
             await asyncio.wait_for(self._slots.acquire(), max(deadline - time.monotonic(), 0))
@@ -1321,8 +1334,10 @@ class Admission:
             raise RunTimeout("Timed out waiting for a free Claude Code slot") from None
         finally:
             self._waiting -= 1
+        self.running += 1
 
     def release(self) -> None:
+        self.running -= 1
         self._slots.release()
 
     @property
@@ -2156,12 +2171,22 @@ def check_token(request: Request, token: str) -> None:
         raise Unauthorized("Missing or invalid API key: send 'Authorization: Bearer <CLAUDE_PROXY_TOKEN>'")
 
 
+async def read_run_body(request: Request) -> Any:
+    """The JSON body of a request that starts a run, refused before a byte of it is read when the token is wrong,
+    every run slot and place in line is taken (429), or its Content-Length is over the limit (413): a refused
+    request costs no memory for its body."""
+    settings, runner = app_state(request)
+    check_token(request, settings.token)
+    runner.admission.check()
+    return await read_json(request, settings.max_body_bytes)
+
+
 async def wait_for_disconnect(request: Request) -> None:
     while (await request.receive())["type"] != "http.disconnect":
         pass
 
 
-async def until_disconnect(request: Request, work: Awaitable[Answer]) -> Answer | None:
+async def until_disconnect(request: Request, work: Awaitable[T]) -> T | None:
     """`work`'s result, or None if the client went away first (then `work` is cancelled, stopping its run)."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(wait_for_disconnect(request))
@@ -2187,15 +2212,23 @@ def note_answer(request: Request, answer: Answer, error: ProxyError | None = Non
 
 
 async def open_run(request: Request, conversation: Conversation) -> Run:
-    """A run for the conversation that has started answering (or failed with an HTTP status): see Run.prime."""
+    """A run for the conversation that has started answering (or failed with an HTTP status): see Run.prime.
+    A client that goes away meanwhile (waiting in line, or for the first answer) takes its request with it."""
     settings, runner = app_state(request)
     started = request.scope.setdefault("state", {}).setdefault("started", time.monotonic())
-    run = await runner.open(conversation, started + settings.timeout)
-    try:
-        await run.prime(settings.prime_window)
-    except BaseException:
-        await run.close()
-        raise
+
+    async def opened() -> Run:
+        run = await runner.open(conversation, started + settings.timeout)
+        try:
+            await run.prime(settings.prime_window)
+        except BaseException:
+            await run.close()
+            raise
+        return run
+
+    run = await until_disconnect(request, opened())
+    if run is None:
+        raise ClientGone("The client went away before its run started")
     return run
 
 
@@ -2895,8 +2928,7 @@ def response_store(request: Request) -> ResponseStore:
 async def create_response(request: Request) -> Response:
     """POST /v1/responses: a Claude Code run answering a Responses request, streamed as events or as one object."""
     settings, _ = app_state(request)
-    check_token(request, settings.token)
-    req = parse_body(ResponsesRequest, await read_json(request, settings.max_body_bytes))
+    req = parse_body(ResponsesRequest, await read_run_body(request))
     conversation = responses_conversation(req, settings, response_store(request))
     renderer = ResponsesRenderer(req, conversation, response_store(request))
     log_fields(request.scope).update(id=renderer.id, model=req.model, stream=req.stream)
@@ -2938,6 +2970,8 @@ async def health(request: Request) -> dict[str, Any]:
     status = "unavailable" if not claude_bin else "degraded" if runner.sessions and not state.usable else "ok"
     return {"status": status, "service": "claude-code-openai-proxy", "version": __version__, "claude": claude,
             "pool": {"idle": runner.pool.idle_count},
+            "runs": {"running": runner.admission.running, "queued": runner.admission.queued,
+                     "awaiting_tools": runner.parking.count},
             "state": {"path": str(state.path), "usable": state.usable, "error": state.error}}
 
 
@@ -2968,9 +3002,7 @@ async def mcp_endpoint(request: Request) -> Response:
 
 async def chat_completions(request: Request) -> Response:
     """POST /v1/chat/completions, in the Chat Completions shape or, from Cursor, the Responses shape."""
-    settings, _ = app_state(request)
-    check_token(request, settings.token)
-    body = await read_json(request, settings.max_body_bytes)
+    body = await read_run_body(request)
     if isinstance(body, dict) and "input" in body and "messages" not in body:
         return await cursor_completion(request, body)
     return await chat_completion(request, body)

@@ -75,3 +75,79 @@ def test_a_nul_in_the_system_prompt_never_reaches_the_real_cli(make_proxy, fake_
     assert response.status_code == 400, response.text
     assert fake_api.main_requests() == [] and list((tmp_path / "runs").iterdir()) == []
     assert "Traceback" not in proxy.output()
+
+
+# ── requests that leave, and requests refused before their body is read ──
+
+
+def health(proxy) -> dict:
+    return httpx.get(proxy.url + "/").json()
+
+
+def test_queued_requests_whose_client_left_never_run(make_fake_proxy, fake_claude_log) -> None:
+    proxy = make_fake_proxy(fake_claude_mode="hang", claude_max_concurrency=1, claude_max_queue=4, claude_timeout=60,
+                            claude_prime_window=0.2)
+    hello = json.loads(chat_body({"role": "user", "content": "hi"}))
+    with httpx.stream("POST", proxy.url + CHAT, json={**hello, "stream": True}, timeout=30) as busy:
+        assert busy.status_code == 200
+        for stream in (False, False, True):  # each waits in line, then its client gives up
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.post(proxy.url + CHAT, json={**hello, "stream": stream}, timeout=0.5)
+        assert wait_until(lambda: health(proxy)["runs"]["queued"] == 0, timeout=5), "the abandoned ones left the line"
+        assert health(proxy)["runs"]["running"] == 1
+    assert wait_until(lambda: health(proxy)["runs"]["running"] == 0, timeout=10)
+    assert not wait_until(lambda: len(fake_claude_calls(fake_claude_log)) > 1, timeout=1.5), "an abandoned one ran"
+    assert "status=499" in proxy.output() and "Traceback" not in proxy.output()
+
+
+def raw_request(proxy, head: str, body: bytes = b"", wait: float = 5) -> bytes:
+    """Send a request's head (and maybe part of its body) on a raw socket; what the server answers within `wait`."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=wait) as sock:
+        sock.sendall(head.replace("\n", "\r\n").encode() + b"\r\n" + body)
+        answer = b""
+        try:
+            while b"\r\n\r\n" not in answer and (chunk := sock.recv(65536)):
+                answer += chunk
+        except TimeoutError:
+            pass
+        return answer
+
+
+def test_a_full_queue_refuses_before_reading_the_body(make_fake_proxy, fake_claude_log) -> None:
+    proxy = make_fake_proxy(fake_claude_mode="hang", claude_max_concurrency=1, claude_max_queue=0, claude_timeout=60,
+                            claude_prime_window=0.2, proxy_max_body_bytes=64 << 20)
+    big_head = (f"POST {CHAT} HTTP/1.1\nHost: 127.0.0.1:{proxy.port}\nContent-Type: application/json\n"
+                f"Content-Length: {30 << 20}\n")
+    hello = json.loads(chat_body({"role": "user", "content": "hi"}))
+    with httpx.stream("POST", proxy.url + CHAT, json={**hello, "stream": True}, timeout=30) as busy:
+        assert busy.status_code == 200
+        answer = raw_request(proxy, big_head)  # 30 MiB announced, not one byte sent
+        assert answer.startswith(b"HTTP/1.1 429"), answer
+        assert b"retry-after" in answer.lower()
+    assert len(fake_claude_calls(fake_claude_log)) == 1
+
+
+def test_an_announced_oversized_body_is_refused_before_it_is_read(make_fake_proxy, fake_claude_log) -> None:
+    proxy = make_fake_proxy(proxy_max_body_bytes=1 << 20)
+    head = (f"POST {CHAT} HTTP/1.1\nHost: 127.0.0.1:{proxy.port}\nContent-Type: application/json\n"
+            f"Content-Length: {30 << 20}\n")
+    assert raw_request(proxy, head).startswith(b"HTTP/1.1 413")
+    assert fake_claude_calls(fake_claude_log) == []
+
+
+def test_an_abandoned_queued_request_never_runs_its_command(make_proxy, fake_api, tmp_path: Path) -> None:
+    proxy = make_proxy(claude_max_concurrency=1, claude_max_queue=2)
+    marker = tmp_path / "ran"
+    slow = {"model": "claude-code", "stream": True, "messages": [
+        {"role": "user", "content": '[[bash:python3 -c "import time; time.sleep(3)"]] wait'}]}
+    with httpx.stream("POST", proxy.url + CHAT, json=slow, timeout=60) as busy:
+        assert busy.status_code == 200
+        abandoned = chat_body({"role": "user", "content": f"[[bash:touch {marker}]] go"})
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(proxy.url + CHAT, content=abandoned, headers=JSON, timeout=1)
+        busy.read()
+    assert proxy.client().chat.completions.create(model="claude-code", messages=[
+        {"role": "user", "content": "[[reply:after]] hi"}]).choices[0].message.content == "after"
+    assert not marker.exists() and len(fake_api.main_requests()) == 3  # slow: tool call + result; then "after"
