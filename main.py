@@ -166,6 +166,7 @@ STOP_GRACE_S = 2.0
 SYSTEM_PROMPT_FILE_BYTES = 100_000
 MAX_SESSIONS = 1000  # conversations remembered for resuming; the oldest beyond are forgotten
 MAX_MODEL_ID = 256  # characters; a longer "model" is a 400
+POOL_ONCE_REMEMBERED = 256  # launch configurations used once, remembered (by hash) to notice a second use
 
 
 def _parse_bool(text: str) -> bool:
@@ -1453,11 +1454,13 @@ class Run:
 
 
 class WarmPool:
-    """Idle, pre-started CLI processes for the launch configurations seen most recently.
+    """Idle, pre-started CLI processes for the launch configurations used most recently, and more than once.
 
     A process started with --input-format stream-json has done its ~1 s of start-up and waits for a message on
     stdin, so a request that takes one answers at once. The `size` slots are shared round-robin among the most
-    recent configurations; idle processes expire after `ttl` seconds. Idle processes hold no run slot.
+    recent configurations that came back: one used once (a timestamp in a system prompt makes every request its
+    own) gets no process started for it, and is remembered by its hash only, so distinct configurations cost
+    neither CLI starts nor memory. Idle processes expire after `ttl` seconds and hold no run slot.
     """
 
     def __init__(self, size: int, ttl: float, spawn: Callable[[Launch], Awaitable[ClaudeProcess]],
@@ -1468,7 +1471,8 @@ class WarmPool:
         self._retire = retire
         self._background = background
         self._idle: dict[Launch, list[tuple[ClaudeProcess, float]]] = {}
-        self._recent: dict[Launch, float] = {}
+        self._recent: dict[Launch, float] = {}  # configurations used again, least recent first: `size` at most
+        self._once: dict[int, float] = {}  # hashes of configurations used once (a collision costs one pre-start)
         self._refill: asyncio.Task[None] | None = None
 
     @property
@@ -1477,19 +1481,30 @@ class WarmPool:
 
     def take(self, launch: Launch) -> ClaudeProcess | None:
         """A warm, live process for `launch`, if there is one; dead ones are retired, never handed out."""
-        entries = self._idle.get(launch, [])
+        entries = self._idle.pop(launch, [])
         while entries:
             process, _ = entries.pop()
             if process.running():
+                if entries:
+                    self._idle[launch] = entries
                 return process
             self._background.start(self._retire(process))
         return None
 
     def learn(self, launch: Launch) -> None:
-        """Note that `launch` was just used."""
-        if self.size > 0:
-            self._recent.pop(launch, None)
-            self._recent[launch] = time.monotonic()
+        """Note that `launch` was just used: the second use makes it a configuration worth pre-starting for."""
+        if self.size <= 0:
+            return
+        now = time.monotonic()
+        if launch not in self._recent and self._once.pop(hash(launch), None) is None:
+            self._once[hash(launch)] = now
+            while len(self._once) > POOL_ONCE_REMEMBERED:
+                del self._once[next(iter(self._once))]
+            return
+        self._recent.pop(launch, None)
+        self._recent[launch] = now
+        while len(self._recent) > self.size:
+            del self._recent[next(iter(self._recent))]
 
     def refill(self) -> None:
         """Start the processes the recent configurations lack, in the background. Called when a run ends:
@@ -1521,13 +1536,17 @@ class WarmPool:
         """Retire idle processes past their time, dead ones, and those no recent configuration wants."""
         now = time.monotonic()
         self._recent = {launch: seen for launch, seen in self._recent.items() if now - seen < self.ttl}
+        self._once = {key: seen for key, seen in self._once.items() if now - seen < self.ttl}
         targets = self.targets()
         retired: list[ClaudeProcess] = []
-        for launch, entries in self._idle.items():
+        for launch, entries in list(self._idle.items()):
             fresh = [(p, t) for p, t in entries if p.alive and now - t < self.ttl]
             keep = fresh[: targets.get(launch, 0)]
             retired += [p for p, _ in entries if all(p is not k for k, _ in keep)]
-            entries[:] = keep
+            if keep:
+                self._idle[launch] = keep
+            else:
+                del self._idle[launch]
         await asyncio.gather(*(self._retire(process) for process in retired))
 
     def close(self) -> None:
