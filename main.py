@@ -53,11 +53,13 @@ import re
 import secrets
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
 import typing
 import uuid
+import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
@@ -137,6 +139,10 @@ class Settings:
     max_live_sessions: int = setting("CLAUDE_MAX_LIVE_SESSIONS", 4, "conversations whose CLI stays alive between turns")
     session_ttl: float = setting("CLAUDE_SESSION_TTL", 86400.0, "seconds a conversation can be resumed after a turn")
     fetch_images: bool = setting("CLAUDE_FETCH_IMAGES", False, "fetch http(s) image URLs (off: only data: URLs)")
+    fetch_allowed_networks: str = setting(
+        "CLAUDE_FETCH_ALLOWED_NETWORKS", "",
+        "comma-separated networks (CIDR) image URLs may lead to although loopback, private or link-local",
+    )
     max_image_bytes: int = setting("CLAUDE_MAX_IMAGE_BYTES", 10 << 20, "largest image accepted, decoded")
     show_tool_activity: bool = setting(
         "CLAUDE_SHOW_TOOL_ACTIVITY", False, "stream Claude Code's own tool calls and outcomes as reasoning_content"
@@ -158,6 +164,9 @@ CLAUDE_INSTALL_PLACES = (
 )
 CHILD_ENV_DROPPED = ("CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT", "CLAUDE_PROXY_TOKEN", "CLAUDE_PROXY_TOKEN_FILE")
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
+IMAGE_FETCH_S = 30.0  # seconds a fetched image may take, redirects included (and never past the request's deadline)
+IMAGE_REDIRECTS = 5
+CONTENT_DECODERS = {"identity": 0, "gzip": 31, "x-gzip": 31, "deflate": 15}  # zlib wbits (0: not encoded)
 MCP_SERVER = "tools"
 MCP_PREFIX = f"mcp__{MCP_SERVER}__"
 SSE_DONE = "data: [DONE]\n\n"
@@ -584,9 +593,11 @@ def data_url_image(url: str, max_bytes: int, where: str) -> dict[str, Any]:
     return image_block(header[5:-7], data, max_bytes, where)
 
 
-async def fetch_image(url: str, where: str, settings: Settings) -> dict[str, Any]:
+async def fetch_image(url: str, where: str, settings: Settings, deadline: float) -> dict[str, Any]:
     """The image block for an image URL: decoded from a data: URL or, when CLAUDE_FETCH_IMAGES allows it (a proxy
-    that fetches any URL it is given is an SSRF hole), downloaded with a size cap."""
+    that fetches any URL it is given is an SSRF hole), downloaded within IMAGE_FETCH_S seconds and the request's
+    `deadline` (monotonic), from public addresses only (see image_address), at most max_image_bytes once decoded.
+    Every failure says the same, so that answers cannot map which hosts and ports exist."""
     if url.startswith("data:"):
         return data_url_image(url, settings.max_image_bytes, where)
     if not url.startswith(("http://", "https://")):
@@ -594,24 +605,91 @@ async def fetch_image(url: str, where: str, settings: Settings) -> dict[str, Any
     if not settings.fetch_images:
         raise InvalidRequest(f"Image URLs are not fetched (set CLAUDE_FETCH_IMAGES=1); send a data: URL in {where}",
                              param=where)
+    failed = InvalidRequest(
+        f"Could not fetch the image in {where}: it must be a png, jpeg, gif or webp image of at most "
+        f"{settings.max_image_bytes} bytes at a public http(s) address, sent within {IMAGE_FETCH_S:.0f} s; or send "
+        "a data: URL", param=where)
     try:
-        async with httpx.AsyncClient(timeout=20) as client, client.stream("GET", url) as response:
-            response.raise_for_status()
-            data = bytearray()
-            async for chunk in response.aiter_bytes():
-                data += chunk
-                if len(data) > settings.max_image_bytes:
-                    break
-            media_type = response.headers.get("content-type", "")
-    except httpx.HTTPError as exc:
-        raise InvalidRequest(f"Could not fetch the image in {where}: {exc}", param=where) from None
-    return image_block(media_type, bytes(data), settings.max_image_bytes, where)
+        limit = max(0.0, min(IMAGE_FETCH_S, deadline - time.monotonic()))
+        media_type, data = await asyncio.wait_for(download_image(url, settings), limit)
+        return image_block(media_type, data, settings.max_image_bytes, where)
+    except (httpx.HTTPError, OSError, ValueError, zlib.error, asyncio.TimeoutError, InvalidRequest) as exc:
+        logger.debug("image fetch failed: %r", str(exc)[:200])
+        raise failed from None
 
 
-async def user_content(text: str, turns: Sequence[Turn], settings: Settings) -> list[dict[str, Any]]:
+async def download_image(url: str, settings: Settings) -> tuple[str, bytes]:
+    """The media type and decoded bytes of an image URL. Redirects are followed here, each hop's address checked
+    (httpx following them would connect wherever a public server points it); ValueError for what is refused."""
+    allowed = [ipaddress.ip_network(net.strip(), strict=False)
+               for net in settings.fetch_allowed_networks.split(",") if net.strip()]
+    async with httpx.AsyncClient(timeout=IMAGE_FETCH_S, follow_redirects=False, trust_env=False) as client:
+        for _ in range(IMAGE_REDIRECTS + 1):
+            target = httpx.URL(url)
+            if target.scheme not in ("http", "https"):
+                raise ValueError(f"redirected to a {target.scheme} URL")
+            address = await image_address(target, allowed)
+            # Connect to the address just checked (resolving again could give another: DNS rebinding); the name
+            # still goes in Host and in TLS (SNI, and the certificate is checked against it).
+            request = client.build_request(
+                "GET", target.copy_with(host=address), headers={"Host": target.netloc.decode("ascii"),
+                                                                "Accept": ", ".join(IMAGE_TYPES)},
+                extensions={"sni_hostname": target.host})
+            response = await client.send(request, stream=True)
+            try:
+                if not response.has_redirect_location:
+                    response.raise_for_status()
+                    return response.headers.get("content-type", ""), await read_image(response, settings)
+                url = str(target.join(response.headers["location"]))
+            finally:
+                await response.aclose()
+    raise ValueError("too many redirects")
+
+
+async def image_address(target: httpx.URL, allowed: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> str:
+    """The address to fetch `target` from: its name resolved, every address checked, so that a name cannot lead to
+    loopback, link-local or private addresses (this machine, the LAN, cloud metadata at 169.254.169.254) unless
+    CLAUDE_FETCH_ALLOWED_NETWORKS lists them."""
+    port = target.port or (443 if target.scheme == "https" else 80)
+    found = await asyncio.get_running_loop().getaddrinfo(target.host, port, type=socket.SOCK_STREAM)
+    addresses = [str(info[4][0]) for info in found]
+    for text in addresses:
+        address = ipaddress.ip_address(text.split("%")[0])
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        if not (address.is_global and not address.is_multicast) and not any(address in net for net in allowed):
+            raise ValueError(f"{target.host} has the address {address}, which is not public")
+    if not addresses:
+        raise ValueError(f"{target.host} has no address")
+    return addresses[0]
+
+
+async def read_image(response: httpx.Response, settings: Settings) -> bytes:
+    """The body of an image response, decoded as it streams in and refused as soon as it passes max_image_bytes
+    (a small gzip body can stand for gigabytes)."""
+    limit = settings.max_image_bytes
+    media_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type not in IMAGE_TYPES:
+        raise ValueError(f"not an image: {media_type[:50]!r}")
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in CONTENT_DECODERS:
+        raise ValueError(f"unsupported content-encoding {encoding[:50]!r}")
+    wbits = CONTENT_DECODERS[encoding]
+    decoder = zlib.decompressobj(wbits) if wbits else None
+    data = bytearray()
+    async for chunk in response.aiter_raw():
+        data += decoder.decompress(chunk, limit + 1 - len(data)) if decoder else chunk
+        if len(data) > limit:
+            raise ValueError(f"over {limit} bytes")
+    return bytes(data)
+
+
+async def user_content(text: str, turns: Sequence[Turn], settings: Settings,
+                       deadline: float) -> list[dict[str, Any]]:
     """The content of the user message sent to Claude Code: the prompt text, then the images of `turns`."""
     places = [place for turn in turns if turn.role == "user" for place in turn.images]
-    return [{"type": "text", "text": text}, *[await fetch_image(url, where, settings) for url, where in places]]
+    images = [await fetch_image(url, where, settings, deadline) for url, where in places]
+    return [{"type": "text", "text": text}, *images]
 
 
 # ── 4. Claude Code process: argv, environment, stream-json, the tool bridge ─
@@ -1860,9 +1938,9 @@ class Runner:
         if found := self._find_session(conversation):
             key, start = found
             new_turns = conversation.turns[start:]
-            content = await user_content(build_prompt(new_turns, "append").text, new_turns, self.settings)
+            content = await user_content(build_prompt(new_turns, "append").text, new_turns, self.settings, deadline)
             return await self._continue_session(key, launch, content, conversation, deadline)
-        content = await user_content(prompt.text, conversation.turns, self.settings)
+        content = await user_content(prompt.text, conversation.turns, self.settings, deadline)
         await self.admission.acquire(deadline)
         try:
             process = self.pool.take(launch) or await self.processes.spawn(launch)
