@@ -17,7 +17,7 @@ Contents, each section using only those above it:
     3. Conversation      the protocol-neutral request: turns, tools, keys, the prompt, images
     4. Claude Code process   argv, environment, stream-json framing, stopping, the MCP tool bridge
     5. Interpreter       CLI events -> answer events and an Answer (the only reader of stream-json)
-    6. State on disk     private files written safely, the state directory, the session map's file
+    6. State on disk     private files written safely, the state directory, the session map, leftovers
     7. Runs              Run and its states, admission, the warm pool, sessions, parked runs
     8. Runner            Processes (start/stop) and Runner (routing a conversation, keeping processes)
     9. HTTP plumbing     guards, one log line per request, bodies, tokens, the stream driver shared by every door
@@ -162,6 +162,7 @@ CLAUDE_INSTALL_PLACES = (
     "/opt/homebrew/bin/claude",
     "/usr/local/bin/claude",
 )
+OWNER_VARIABLE = "CLAUDE_PROXY_OWNER"  # marks every process the proxy starts (see marked_processes)
 CHILD_ENV_DROPPED = ("CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT", "CLAUDE_PROXY_TOKEN", "CLAUDE_PROXY_TOKEN_FILE")
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
 IMAGE_FETCH_S = 30.0  # seconds a fetched image may take, redirects included (and never past the request's deadline)
@@ -786,6 +787,40 @@ def _kill_all(processes: set[psutil.Process]) -> None:
             process.kill()  # psutil checks the pid still names the same process before signalling
 
 
+def marked_processes(match: Callable[[str], bool]) -> list[psutil.Process]:
+    """This user's processes (this one aside) whose OWNER_VARIABLE `match` accepts.
+
+    Every CLI process the proxy starts carries a mark in its environment, and everything it starts inherits it:
+    the Bash tool's commands too, which run in sessions of their own (setsid) and are re-parented once the CLI is
+    gone, beyond the reach of process groups and of the CLI's own clean-up (measured on CLI 2.1.197)."""
+    found = []
+    for process in psutil.process_iter(["uids"]):
+        try:
+            if process.pid == os.getpid() or process.info["uids"] is None or process.info["uids"].real != os.getuid():
+                continue
+            mark = process.environ().get(OWNER_VARIABLE)
+        except psutil.Error:  # gone meanwhile, or not ours to read
+            continue
+        if mark is not None and match(mark):
+            found.append(process)
+    return found
+
+
+class ExitNoticed(asyncio.subprocess.SubprocessStreamProtocol):
+    """asyncio's protocol for a subprocess with pipes, resolving `exited` the moment the process ends: on Python
+    3.11, Process.wait() also waits for the pipes to close, which a tool process that inherited them can keep open
+    long after the CLI died."""
+
+    def __init__(self, exited: asyncio.Future[None], loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=1 << 16, loop=loop)
+        self.exited = exited
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+
 class ClaudeProcess:
     """One Claude Code CLI process reading stream-json on stdin and writing stream-json on stdout.
 
@@ -793,9 +828,15 @@ class ClaudeProcess:
     without losing a partial line, and a process that dies while idle is noticed.
     """
 
-    def __init__(self, proc: asyncio.subprocess.Process, workdir: str, max_line_bytes: int) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, exited: asyncio.Future[None], workdir: str,
+                 max_line_bytes: int, mark: str = "") -> None:
         self.proc = proc
+        self._exited = exited
         self.workdir = workdir
+        self.mark = mark  # its OWNER_VARIABLE: what it leaves behind if it dies unexpectedly carries it too
+        self._exit_expected = False  # we are ending it (stop, finish): its exit is no accident
+        self._sweep: asyncio.Task[None] | None = None
+        self._watcher = asyncio.create_task(self._watch_exit())
         self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         self._events: asyncio.Queue[dict[str, Any] | ProxyError | None] = asyncio.Queue()
         self._readers = [
@@ -813,16 +854,24 @@ class ClaudeProcess:
     async def spawn(cls, argv: list[str], env: dict[str, str], cwd: str, workdir: str,
                     max_line_bytes: int) -> ClaudeProcess:
         """Start the CLI in its own session, so signals meant for the proxy's terminal do not reach it."""
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, cwd=cwd, env=env, start_new_session=True,
+        loop = asyncio.get_running_loop()
+        exited: asyncio.Future[None] = loop.create_future()
+        try:  # what asyncio.create_subprocess_exec does, with a protocol that notices the exit (see ExitNoticed)
+            transport, protocol = await loop.subprocess_exec(
+                lambda: ExitNoticed(exited, loop), *argv, stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=cwd, env=env,
+                start_new_session=True,
             )
         except (FileNotFoundError, PermissionError) as exc:
             raise ClaudeNotFound(f"Cannot run the Claude Code CLI at {argv[0]}: {exc}. Set CLAUDE_BIN.") from exc
         except OSError as exc:
             raise ClaudeFailed(f"Cannot start the Claude Code CLI: {exc}") from exc
-        return cls(proc, workdir, max_line_bytes)
+        proc = asyncio.subprocess.Process(transport, protocol, loop)
+        return cls(proc, exited, workdir, max_line_bytes, env.get(OWNER_VARIABLE, ""))
+
+    async def _wait_exit(self, timeout: float) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._exited), timeout)
 
     @property
     def pid(self) -> int:
@@ -866,8 +915,7 @@ class ClaudeProcess:
         """Why the process ended without a result, from its exit code and the end of its stderr."""
         if self.interrupted is not None:
             return self.interrupted
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self.proc.wait(), STOP_GRACE_S)
+        await self._wait_exit(STOP_GRACE_S)
         await asyncio.wait({self._readers[1]}, timeout=0.5)
         stderr = "\n".join(self.stderr_tail).strip()
         code = self.proc.returncode
@@ -914,11 +962,29 @@ class ClaudeProcess:
             if self.proc.stdin is not None and not self.proc.stdin.is_closing():
                 self.proc.stdin.close()
 
+    async def _watch_exit(self) -> None:
+        await self._exited
+        self._expect_exit()
+
+    def _expect_exit(self) -> None:
+        """Note that the process is being ended by us; if it has already ended without us (kill -9, a crash), its
+        tree is gone and its tool processes live on, re-parented: end every process carrying its mark."""
+        if self.proc.returncode is not None and not self._exit_expected and self.mark and self._sweep is None:
+            self._sweep = asyncio.get_running_loop().create_task(self._end_leftovers())
+        self._exit_expected = True
+
+    async def _end_leftovers(self) -> None:
+        left = await asyncio.to_thread(marked_processes, self.mark.__eq__)
+        _kill_all(set(left))
+        logger.warning("Claude Code (pid %d) ended on its own with code %s; stopped the %d processes it left",
+                       self.pid, self.proc.returncode, len(left))
+
     async def stop(self, reason: ProxyError | None = None) -> None:
         """Stop the process and every process it started; safe to call twice and from a cancelled task.
 
         `reason` is what the request still reading this process is told (an interrupted CLI reports a cryptic
         error_during_execution result of its own)."""
+        self._expect_exit()
         self.interrupted = self.interrupted or reason
         if self._stopping is None:
             self._stopping = asyncio.get_running_loop().create_task(self._terminate())
@@ -939,9 +1005,10 @@ class ClaudeProcess:
                     self.proc.send_signal(sig)
                 else:
                     os.killpg(self.pid, sig)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.proc.wait(), STOP_GRACE_S if sig == signal.SIGINT else 1.0)
+            await self._wait_exit(STOP_GRACE_S if sig == signal.SIGINT else 1.0)
         _kill_all(tree)
+        if self._sweep is not None:
+            await self._sweep
         await asyncio.wait(self._readers, timeout=1.0)
         for reader in self._readers:
             reader.cancel()
@@ -952,10 +1019,10 @@ class ClaudeProcess:
     async def finish(self) -> None:
         """Let a process whose work is done exit on its own (stdin closed) and end what it left running;
         stop() then cleans up."""
+        self._expect_exit()
         tree = _descendants(self.pid)
         self._close_input()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self.proc.wait()), 1.0)
+        await self._wait_exit(1.0)
         _kill_all(tree | _descendants(self.pid))
 
 
@@ -1279,7 +1346,7 @@ class Interpreter:
         return [Started(index), Delta(index, "".join(lines)), Ended(index)]
 
 
-# ── 6. State on disk: private files, the state directory, the session map's file ─
+# ── 6. State on disk, and what a proxy that is gone left behind ───────
 # Files the proxy keeps (CLAUDE_STATE_DIR) must survive a planted link, a corrupt file and a directory that cannot be
 # written: each fault is reported and degrades a feature, none stops the proxy or fails a request.
 
@@ -1369,6 +1436,51 @@ def set_aside(path: Path, why: str) -> dict[str, dict[str, Any]]:
     except OSError as exc:
         logger.warning("%s is unusable (%s) and cannot be moved aside (%s)", path, why, exc.strerror or exc)
     return {}
+
+
+@dataclass(frozen=True)
+class Owner:
+    """A proxy process as the marks of the processes it starts name it (OWNER_VARIABLE is "<pid>-<start time>/<n>"):
+    its start time tells it from a later process given the same pid, so a proxy that is gone is known as gone."""
+
+    pid: int
+    started: str
+
+    @classmethod
+    def this(cls) -> Owner:
+        me = psutil.Process()
+        return cls(me.pid, f"{me.create_time():.2f}")
+
+    @classmethod
+    def of_mark(cls, mark: str) -> Owner | None:
+        pid, _, started = mark.split("/")[0].partition("-")
+        return cls(int(pid), started) if pid.isdigit() and started else None
+
+    @property
+    def tag(self) -> str:
+        return f"{self.pid}-{self.started}"
+
+    def running(self) -> bool:
+        try:
+            return f"{psutil.Process(self.pid).create_time():.2f}" == self.started
+        except psutil.Error:
+            return False
+
+
+def orphans(this: Owner) -> list[psutil.Process]:
+    """What proxies that are gone (SIGKILL, a crash) left running: their CLIs and everything those started, by the
+    mark they carry (see marked_processes). A live proxy's processes, this one's included, are never among them."""
+    gone: dict[Owner, bool] = {}
+
+    def orphaned(mark: str) -> bool:
+        owner = Owner.of_mark(mark)
+        if owner is None or owner == this:
+            return False
+        if owner not in gone:
+            gone[owner] = not owner.running()
+        return gone[owner]
+
+    return marked_processes(orphaned)
 
 
 # ── 7. Runs: a process at work for a request, and where idle processes wait ─
@@ -1800,6 +1912,8 @@ class Processes:
         self.live: set[ClaudeProcess] = set()
         self.bridges: dict[str, ToolBridge] = {}
         self.state = StateDir(Path(settings.state_dir).expanduser())
+        self.owner = Owner.this()
+        self.started = 0  # processes started so far: each one's mark is this owner's tag and its number
         self.closed = False
 
     def require_claude(self) -> str:
@@ -1811,6 +1925,13 @@ class Processes:
                 "Install it (npm install -g @anthropic-ai/claude-code) or set CLAUDE_BIN to its path."
             )
         return self.claude_bin
+
+    async def sweep(self) -> None:
+        """End what proxies that are gone left running (see orphans), before this one starts any process."""
+        left = await asyncio.to_thread(orphans, self.owner)
+        _kill_all(set(left))
+        if left:
+            logger.warning("stopped %d processes left running by a proxy that was killed or crashed", len(left))
 
     async def probe(self) -> None:
         """Note the CLI's version for the health endpoint; a missing CLI is reported, not fatal."""
@@ -1851,7 +1972,9 @@ class Processes:
                 config_file = os.path.join(workdir, ".mcp-config.json")
                 write_private(Path(config_file), mcp_config(f"{self_url(self.settings)}/mcp", bridge.secret))
             argv = build_argv(claude_bin, self.settings, launch, prompt_file, config_file)
-            process = await ClaudeProcess.spawn(argv, self.env, cwd, workdir, self.settings.max_line_bytes)
+            self.started += 1
+            env = {**self.env, OWNER_VARIABLE: f"{self.owner.tag}/{self.started}"}
+            process = await ClaudeProcess.spawn(argv, env, cwd, workdir, self.settings.max_line_bytes)
         except BaseException:
             for folder in set(made) - {launch.cwd}:
                 shutil.rmtree(folder, ignore_errors=True)
@@ -3111,6 +3234,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await runner.processes.sweep()
         await runner.processes.probe()
         if runner.sessions:
             runner.processes.state.check()
