@@ -6,14 +6,16 @@ of reach of process groups. Every process the proxy starts carries a mark in its
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import uuid
+from collections.abc import Iterator
 
 import httpx
 import psutil
 
-from proxy_harness import processes_matching, wait_until
+from proxy_harness import Proxy, processes_matching, wait_until
 
 CHAT = "/v1/chat/completions"
 
@@ -42,46 +44,40 @@ def alive(process: psutil.Process) -> bool:
 # ── with tests/fake_claude.py (mode "tool": a child in a session of its own, like the Bash tool's commands) ──
 
 
-def test_a_cli_killed_mid_tool_leaves_no_tool_process(make_fake_proxy) -> None:
+@contextlib.contextmanager
+def a_tool_running(make_fake_proxy, content: str = "hi") -> Iterator[tuple[Proxy, psutil.Process]]:
+    """A fake-CLI proxy with a streamed run whose tool process is running; the request is left open meanwhile."""
     tag = f"tool-{uuid.uuid4().hex}"
     proxy = make_fake_proxy(fake_claude_mode="tool", fake_claude_tag=tag, claude_prime_window=0.2, claude_timeout=60)
-    client = stream_in_background(proxy, "hi")
+    client = stream_in_background(proxy, content)
     try:
         assert wait_until(lambda: processes_matching(tag), timeout=10)
         [tool] = processes_matching(tag)
-        os.kill(cli_of(proxy).pid, signal.SIGKILL)
-        assert wait_until(lambda: not alive(tool), timeout=10), "the tool's process outlived its CLI"
+        yield proxy, tool
     finally:
         client.close()
+
+
+def test_a_cli_killed_mid_tool_leaves_no_tool_process(make_fake_proxy) -> None:
+    with a_tool_running(make_fake_proxy) as (proxy, tool):
+        os.kill(cli_of(proxy).pid, signal.SIGKILL)
+        assert wait_until(lambda: not alive(tool), timeout=10), "the tool's process outlived its CLI"
     assert "ended on its own" in proxy.output()
 
 
 def test_a_restart_ends_what_a_killed_proxy_left_running(make_fake_proxy) -> None:
-    tag = f"tool-{uuid.uuid4().hex}"
-    first = make_fake_proxy(fake_claude_mode="tool", fake_claude_tag=tag, claude_prime_window=0.2)
-    client = stream_in_background(first, "hi")
-    try:
-        assert wait_until(lambda: processes_matching(tag), timeout=10)
-        cli, [tool] = cli_of(first), processes_matching(tag)
+    with a_tool_running(make_fake_proxy) as (first, tool):
+        cli = cli_of(first)
         first.stop(signal.SIGKILL)
-    finally:
-        client.close()
     assert alive(cli) and alive(tool), "SIGKILL cannot be caught: the children are still there"
     make_fake_proxy()
     assert wait_until(lambda: not alive(cli) and not alive(tool), timeout=10)
 
 
 def test_starting_a_proxy_never_touches_a_live_proxys_processes(make_fake_proxy) -> None:
-    tag = f"tool-{uuid.uuid4().hex}"
-    running = make_fake_proxy(fake_claude_mode="tool", fake_claude_tag=tag, claude_prime_window=0.2)
-    client = stream_in_background(running, "hi")
-    try:
-        assert wait_until(lambda: processes_matching(tag), timeout=10)
-        [tool] = processes_matching(tag)
+    with a_tool_running(make_fake_proxy) as (_, tool):
         make_fake_proxy()
         assert not wait_until(lambda: not alive(tool), timeout=2)
-    finally:
-        client.close()
     assert wait_until(lambda: not alive(tool), timeout=10), "the live proxy still stops its own run"
 
 
