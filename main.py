@@ -173,6 +173,7 @@ MCP_PREFIX = f"mcp__{MCP_SERVER}__"
 SSE_DONE = "data: [DONE]\n\n"
 STDERR_TAIL_LINES = 40
 STOP_GRACE_S = 2.0
+WORKDIR_PREFIX = "claude-proxy-"  # each process's private temporary folder: claude-proxy-<owner's tag>-<random>
 SYSTEM_PROMPT_FILE_BYTES = 100_000
 MAX_SESSIONS = 1000  # conversations remembered for resuming; the oldest beyond are forgotten
 MAX_MODEL_ID = 256  # characters; a longer "model" is a 400
@@ -709,7 +710,7 @@ class Launch:
 
 
 def build_argv(claude_bin: str, settings: Settings, launch: Launch, system_prompt_file: str | None = None,
-               mcp_config_file: str | None = None) -> list[str]:
+               mcp_config_file: str | None = None, session_id: str | None = None) -> list[str]:
     """The CLI's argv. The prompt is never in it: it goes on stdin as stream-json.
 
     Caller-controlled values use --flag=value so that a value starting with '-' cannot become a flag
@@ -724,6 +725,8 @@ def build_argv(claude_bin: str, settings: Settings, launch: Launch, system_promp
         argv.append("--no-session-persistence")
     if launch.resume:
         argv.append(f"--resume={launch.resume}")
+    elif session_id:
+        argv.append(f"--session-id={session_id}")  # known from the start: its transcript can be found and removed
     if launch.model:
         argv.append(f"--model={launch.model}")
     if launch.system_prompt is not None:
@@ -806,6 +809,46 @@ def marked_processes(match: Callable[[str], bool]) -> list[psutil.Process]:
     return found
 
 
+def cli_project_name(folder: str) -> str:
+    """The name of the folder under CLAUDE_CONFIG_DIR/projects where Claude Code keeps the transcripts of sessions run
+    in `folder` (CLI 2.1.197): each UTF-16 unit but an ASCII letter or digit becomes "-"; a name over 200 characters
+    is cut there and followed by "-" and the folder's Java-style string hash in base 36."""
+    raw = folder.encode("utf-16-le")
+    units = [int.from_bytes(raw[i:i + 2], "little") for i in range(0, len(raw), 2)]
+    name = "".join(chr(unit) if chr(unit).isascii() and chr(unit).isalnum() else "-" for unit in units)
+    if len(name) <= 200:
+        return name
+    code = 0
+    for unit in units:
+        code = (code * 31 + unit) & 0xFFFFFFFF
+    code = abs(code - (1 << 32) if code >= 1 << 31 else code)
+    digits = ""
+    while not digits or code:
+        code, digit = divmod(code, 36)
+        digits = "0123456789abcdefghijklmnopqrstuvwxyz"[digit] + digits
+    return f"{name[:200]}-{digits}"
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What a conversation's Claude Code session leaves on disk: its transcript (under CLAUDE_CONFIG_DIR/projects,
+    in the folder named after the conversation's folder: <session id>.jsonl and a folder of that id) and, when the
+    proxy made it (`owned`), the conversation's folder, whose transcripts' folder then goes with it."""
+
+    folder: str
+    owned: bool
+    session_id: str | None
+
+    def remove(self, projects: Path) -> None:
+        transcripts = projects / cli_project_name(os.path.realpath(self.folder))
+        if self.owned:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            shutil.rmtree(transcripts, ignore_errors=True)
+        elif self.session_id:
+            (transcripts / f"{self.session_id}.jsonl").unlink(missing_ok=True)
+            shutil.rmtree(transcripts / self.session_id, ignore_errors=True)
+
+
 class ExitNoticed(asyncio.subprocess.SubprocessStreamProtocol):
     """asyncio's protocol for a subprocess with pipes, resolving `exited` the moment the process ends: on Python
     3.11, Process.wait() also waits for the pipes to close, which a tool process that inherited them can keep open
@@ -847,8 +890,7 @@ class ClaudeProcess:
         self.interrupted: ProxyError | None = None
         self.bridge: ToolBridge | None = None
         self.cwd = workdir
-        self.owns_cwd = False  # a conversation folder made for this process, removed with it unless a session keeps it
-        self.persistent = False  # Claude Code saves its session (a transcript --resume can read)
+        self.footprint: Footprint | None = None  # its saved session: removed with it unless a session keeps it
 
     @classmethod
     async def spawn(cls, argv: list[str], env: dict[str, str], cwd: str, workdir: str,
@@ -1013,8 +1055,6 @@ class ClaudeProcess:
         for reader in self._readers:
             reader.cancel()
         shutil.rmtree(self.workdir, ignore_errors=True)
-        if self.owns_cwd:
-            shutil.rmtree(self.cwd, ignore_errors=True)
 
     async def finish(self) -> None:
         """Let a process whose work is done exit on its own (stdin closed) and end what it left running;
@@ -1483,6 +1523,39 @@ def orphans(this: Owner) -> list[psutil.Process]:
     return marked_processes(orphaned)
 
 
+def owner_of(name: str) -> Owner | None:
+    """The proxy that made a folder named "<prefix><owner's tag>-<unique part>" (None: not one of those names)."""
+    return Owner.of_mark(name.rpartition("-")[0])
+
+
+def sweep_conversations(folders: Path, known: set[str], projects: Path) -> int:
+    """Remove the conversation folders in `folders` that no saved session knows and no live proxy is using (a crash
+    left them), with their transcripts, and the transcripts of conversation folders that are gone; how many."""
+    removed = 0
+    for folder in list(folders.iterdir()) if folders.is_dir() else []:
+        owner = owner_of(folder.name)
+        if os.path.realpath(folder) not in known and (owner is None or not owner.running()):
+            Footprint(str(folder), True, None).remove(projects)
+            removed += 1
+    present = {cli_project_name(os.path.realpath(f)) for f in folders.iterdir()} if folders.is_dir() else set()
+    for transcripts in projects.glob(cli_project_name(os.path.realpath(folders)) + "-*"):
+        if transcripts.name not in present:
+            shutil.rmtree(transcripts, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def sweep_workdirs(temporary: Path) -> int:
+    """Remove the private folders (WORKDIR_PREFIX<owner>-…) of processes whose proxy is gone; how many."""
+    removed = 0
+    for folder in temporary.glob(WORKDIR_PREFIX + "*"):
+        owner = owner_of(folder.name.removeprefix(WORKDIR_PREFIX))
+        if owner is not None and not owner.running():
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+    return removed
+
+
 # ── 7. Runs: a process at work for a request, and where idle processes wait ─
 
 
@@ -1754,6 +1827,10 @@ class Session:
     updated: float
     process: ClaudeProcess | None = None
 
+    @property
+    def footprint(self) -> Footprint:
+        return Footprint(self.cwd, self.owned, self.session_id)
+
 
 class SessionStore:
     """Conversations by the key of their turns so far, the reply included (see prefix_keys).
@@ -1794,38 +1871,38 @@ class SessionStore:
         self.save()
         return session
 
-    def keep(self, key: str, session: Session) -> tuple[list[ClaudeProcess], list[str]]:
+    def keep(self, key: str, session: Session) -> tuple[list[ClaudeProcess], list[Footprint]]:
         """Remember a conversation. Returns what to remove: the processes beyond max_live and, beyond MAX_SESSIONS
-        conversations, the folders of the oldest (least recently used first). A conversation already known under
-        `key` (the same messages answered the same way again) is replaced: its process and folder go too."""
-        processes, folders = self._drop([key] if key in self.sessions else [])
+        conversations, the files of the oldest (least recently used first). A conversation already known under
+        `key` (the same messages answered the same way again) is replaced: its process and files go too."""
+        processes, footprints = self._drop([key] if key in self.sessions else [])
         self.sessions[key] = session
         by_age = sorted(self.sessions.items(), key=lambda item: item[1].updated)
-        older, old_folders = self._drop([k for k, _ in by_age[: max(0, len(by_age) - MAX_SESSIONS)]])
-        processes, folders = processes + older, folders + old_folders
+        older, old_footprints = self._drop([k for k, _ in by_age[: max(0, len(by_age) - MAX_SESSIONS)]])
+        processes, footprints = processes + older, footprints + old_footprints
         live = [s for k, s in by_age if s.process is not None and k in self.sessions]
         for old in live[: max(0, len(live) - self.max_live)]:
             assert old.process is not None
             processes.append(old.process)
             old.process = None
         self.save()
-        return processes, folders
+        return processes, footprints
 
-    def expire(self, idle_ttl: float) -> tuple[list[ClaudeProcess], list[str]]:
+    def expire(self, idle_ttl: float) -> tuple[list[ClaudeProcess], list[Footprint]]:
         """Processes idle longer than idle_ttl, and conversations older than ttl: what to remove."""
         now = time.time()
-        processes, folders = self._drop([k for k, s in self.sessions.items() if now - s.updated > self.ttl])
+        processes, footprints = self._drop([k for k, s in self.sessions.items() if now - s.updated > self.ttl])
         for session in self.sessions.values():
             if session.process is not None and now - session.updated > idle_ttl:
                 processes.append(session.process)
                 session.process = None
-        if folders or processes:
+        if footprints or processes:
             self.save()
-        return processes, folders
+        return processes, footprints
 
-    def _drop(self, keys: list[str]) -> tuple[list[ClaudeProcess], list[str]]:
+    def _drop(self, keys: list[str]) -> tuple[list[ClaudeProcess], list[Footprint]]:
         dropped = [self.sessions.pop(key) for key in keys]
-        return [s.process for s in dropped if s.process], [s.cwd for s in dropped if s.owned]
+        return [s.process for s in dropped if s.process], [s.footprint for s in dropped]
 
 
 def carries_calls_of(conversation: Conversation, run: Run) -> bool:
@@ -1950,36 +2027,27 @@ class Processes:
         logger.info("Claude Code CLI: %s (%s)", self.claude_bin, self.claude_version or "version unknown")
 
     async def spawn(self, launch: Launch) -> ClaudeProcess:
-        """A new CLI process for `launch` with a private temporary directory (its working directory unless one is
-        configured), removed when the process stops."""
+        """A new CLI process for `launch` with a private temporary directory, removed when the process stops: its
+        working directory, unless one is configured or sessions give it a conversation folder of its own."""
         claude_bin = self.require_claude()
-        workdir = tempfile.mkdtemp(prefix="claude-proxy-")
-        made = [workdir]  # removed again if the process does not start
+        workdir = tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{self.owner.tag}-")
+        folder = launch.cwd or (self._new_conversation_folder() if launch.persist else None)
+        if launch.persist and folder is None:
+            launch = dataclasses.replace(launch, persist=False)  # the state directory failed: no session
+        footprint = Footprint(folder, launch.cwd is None, launch.resume or str(uuid.uuid4())) \
+            if launch.persist and folder else None
+        bridge = ToolBridge(launch.tools) if launch.tools else None
         try:
-            prompt_file = None
-            if launch.system_prompt and len(launch.system_prompt.encode()) > SYSTEM_PROMPT_FILE_BYTES:
-                # Linux refuses a single argv string over 128 KiB (E2BIG); the CLI reads a file as well.
-                prompt_file = os.path.join(workdir, ".system-prompt.txt")
-                Path(prompt_file).write_text(launch.system_prompt)
-            cwd = launch.cwd or (self._new_conversation_folder() if launch.persist else None)
-            if launch.persist and cwd is None:
-                launch = dataclasses.replace(launch, persist=False)  # the state directory failed: no session
-            cwd = cwd or workdir
-            made.append(cwd)
-            bridge = ToolBridge(launch.tools) if launch.tools else None
-            config_file = None
-            if bridge:
-                config_file = os.path.join(workdir, ".mcp-config.json")
-                write_private(Path(config_file), mcp_config(f"{self_url(self.settings)}/mcp", bridge.secret))
-            argv = build_argv(claude_bin, self.settings, launch, prompt_file, config_file)
+            argv = self._argv(claude_bin, launch, workdir, bridge, footprint)
             self.started += 1
             env = {**self.env, OWNER_VARIABLE: f"{self.owner.tag}/{self.started}"}
-            process = await ClaudeProcess.spawn(argv, env, cwd, workdir, self.settings.max_line_bytes)
+            process = await ClaudeProcess.spawn(argv, env, folder or workdir, workdir, self.settings.max_line_bytes)
         except BaseException:
-            for folder in set(made) - {launch.cwd}:
-                shutil.rmtree(folder, ignore_errors=True)
+            shutil.rmtree(workdir, ignore_errors=True)
+            if footprint and not launch.resume:  # a resumed session's files stay with its session
+                footprint.remove(self.projects)
             raise
-        process.cwd, process.owns_cwd, process.persistent = cwd, cwd != workdir and launch.cwd is None, launch.persist
+        process.cwd, process.footprint = folder or workdir, footprint
         if bridge:
             process.bridge = self.bridges[bridge.secret] = bridge
         self.live.add(process)
@@ -1988,9 +2056,30 @@ class Processes:
             raise ShuttingDown("The proxy is shutting down", retry_after=5)
         return process
 
+    def _argv(self, claude_bin: str, launch: Launch, workdir: str, bridge: ToolBridge | None,
+              footprint: Footprint | None) -> list[str]:
+        """The CLI's argv; what is too long or too secret for it goes in files in the process's private `workdir`."""
+        prompt_file = None
+        if launch.system_prompt and len(launch.system_prompt.encode()) > SYSTEM_PROMPT_FILE_BYTES:
+            # Linux refuses a single argv string over 128 KiB (E2BIG); the CLI reads a file as well.
+            prompt_file = os.path.join(workdir, ".system-prompt.txt")
+            Path(prompt_file).write_text(launch.system_prompt)
+        config_file = None
+        if bridge:
+            config_file = os.path.join(workdir, ".mcp-config.json")
+            write_private(Path(config_file), mcp_config(f"{self_url(self.settings)}/mcp", bridge.secret))
+        session_id = footprint.session_id if footprint and not launch.resume else None
+        return build_argv(claude_bin, self.settings, launch, prompt_file, config_file, session_id)
+
+    @property
+    def projects(self) -> Path:
+        """Where Claude Code keeps its transcripts: CLAUDE_CONFIG_DIR/projects, ~/.claude/projects by default."""
+        config = self.env.get("CLAUDE_CONFIG_DIR") or os.path.join(self.env.get("HOME", "~"), ".claude")
+        return Path(config).expanduser() / "projects"
+
     def _new_conversation_folder(self) -> str | None:
         # --resume finds a session only from the folder it was created in, so a conversation keeps its own folder.
-        folder = self.state.path / "conversations" / uuid.uuid4().hex
+        folder = self.state.path / "conversations" / f"{self.owner.tag}-{uuid.uuid4().hex}"
         try:
             folder.mkdir(mode=0o700, parents=True)
         except OSError as exc:
@@ -1998,27 +2087,29 @@ class Processes:
             return None
         return str(folder)
 
-    async def retire(self, process: ClaudeProcess) -> None:
-        """Stop a process that serves no run, and forget it."""
+    async def retire(self, process: ClaudeProcess, reason: ProxyError | None = None) -> None:
+        """Stop a process that serves no run, and forget it and the session files it still owns."""
         try:
-            await process.stop()
+            await process.stop(reason)
         finally:
             self.live.discard(process)
+            if process.footprint:
+                process.footprint.remove(self.projects)
             if process.bridge:
                 self.bridges.pop(process.bridge.secret, None)
                 process.bridge.close()
 
-    async def remove(self, processes: list[ClaudeProcess], folders: list[str]) -> None:
-        """Stop processes and delete conversation folders the session store let go of."""
+    async def remove(self, processes: list[ClaudeProcess], footprints: list[Footprint]) -> None:
+        """Stop processes and delete the conversations the session store let go of."""
         await asyncio.gather(*(self.retire(process) for process in processes))
-        for folder in folders:
-            shutil.rmtree(folder, ignore_errors=True)
+        for footprint in footprints:
+            footprint.remove(self.projects)
 
     async def stop_all(self) -> None:
         """Refuse new processes and stop every one."""
         self.closed = True
         reason = ShuttingDown("The run was stopped: the proxy is shutting down", retry_after=5)
-        await asyncio.gather(*(process.stop(reason) for process in list(self.live)), return_exceptions=True)
+        await asyncio.gather(*(self.retire(process, reason) for process in list(self.live)), return_exceptions=True)
 
 
 class Runner:
@@ -2045,6 +2136,19 @@ class Runner:
     @property
     def closed(self) -> bool:
         return self.processes.closed
+
+    async def start(self) -> None:
+        """Before the first request: end what proxies that are gone left running, then remove what they left on
+        disk (folders and transcripts no saved conversation needs), and note the CLI's version."""
+        await self.processes.sweep()
+        removed = await asyncio.to_thread(sweep_workdirs, Path(tempfile.gettempdir()))
+        if self.sessions and self.processes.state.check():
+            known = {os.path.realpath(session.cwd) for session in self.sessions.sessions.values()}
+            folders, projects = self.processes.state.path / "conversations", self.processes.projects
+            removed += await asyncio.to_thread(sweep_conversations, folders, known, projects)
+        if removed:
+            logger.info("removed %d folders left by a proxy that was killed or crashed", removed)
+        await self.processes.probe()
 
     # -- routing a conversation to a process
 
@@ -2096,11 +2200,11 @@ class Runner:
         session = self.sessions.sessions[found[0]]
         if session.process is not None and session.process.running():
             return found
-        env = self.processes.env
-        config = env.get("CLAUDE_CONFIG_DIR") or os.path.join(env.get("HOME", "~"), ".claude")
-        if any(Path(config).expanduser().glob(f"projects/*/{session.session_id}.jsonl")):
+        if any(self.processes.projects.glob(f"*/{session.session_id}.jsonl")):
             return found
         self.sessions.take(found[0])
+        self.background.start(self.processes.remove([session.process] if session.process else [],
+                                                    [session.footprint]))
         return None
 
     async def _continue_session(self, key: str, launch: Launch, content: list[dict[str, Any]],
@@ -2123,14 +2227,12 @@ class Runner:
         return await self._begin(process, content, conversation, deadline)
 
     async def _session_process(self, launch: Launch, session: Session) -> ClaudeProcess:
-        if session.process is not None and session.process.running():
-            return session.process
-        if session.process is not None:
+        if session.process is not None and not session.process.running():
             await self.processes.retire(session.process)
             session.process = None
-        process = await self.processes.spawn(dataclasses.replace(launch, cwd=session.cwd, persist=True,
-                                                       resume=session.session_id))
-        process.owns_cwd = session.owned
+        process = session.process or await self.processes.spawn(
+            dataclasses.replace(launch, cwd=session.cwd, persist=True, resume=session.session_id))
+        process.footprint = session.footprint  # the conversation's files are the run's now, kept again with it
         return process
 
     async def _begin(self, process: ClaudeProcess, content: list[dict[str, Any]], conversation: Conversation,
@@ -2165,7 +2267,7 @@ class Runner:
 
     def _keepable(self, run: Run) -> bool:
         return (run.state is RunState.DONE and not run.failed and self.sessions is not None and not self.closed
-                and run.process.alive and run.process.persistent and run.interpreter.session_id is not None
+                and run.process.alive and run.process.footprint is not None and run.interpreter.session_id is not None
                 and not run.answer.of_kind("tool_call"))
 
     def _keep(self, run: Run) -> None:
@@ -2173,9 +2275,10 @@ class Runner:
         assert run.interpreter.session_id is not None
         reply = Turn("assistant", run.answer.text)
         key = prefix_keys(run.conversation.model, (*run.conversation.turns, reply))[-1]
-        process = run.process
-        session = Session(run.interpreter.session_id, process.cwd, process.owns_cwd, time.time(), process)
-        process.owns_cwd = False
+        process, footprint = run.process, run.process.footprint
+        assert footprint is not None
+        session = Session(run.interpreter.session_id, footprint.folder, footprint.owned, time.time(), process)
+        process.footprint = None
         run.state = RunState.KEPT
         self._remember(key, session)
 
@@ -3234,10 +3337,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await runner.processes.sweep()
-        await runner.processes.probe()
-        if runner.sessions:
-            runner.processes.state.check()
+        await runner.start()
         maintenance = asyncio.create_task(runner.maintain())
         yield
         maintenance.cancel()

@@ -11,6 +11,7 @@ import os
 import signal
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import psutil
@@ -120,3 +121,92 @@ def test_sigkill_of_the_proxy_then_a_restart_leaves_nothing_running(make_proxy) 
     second = make_proxy()
     assert wait_until(lambda: not any(alive(p) for p in left), timeout=10)
     assert "left running by a proxy that was killed" in second.output()
+
+
+# ── nothing left on disk: conversation folders, Claude Code's transcripts, private folders ──
+
+
+def transcripts_of(projects: Path, folder: Path) -> Path:
+    import main
+
+    return projects / main.cli_project_name(os.path.realpath(folder))
+
+
+def test_cli_project_names_follow_the_cli() -> None:
+    import main
+
+    assert main.cli_project_name("/tmp/a.b_c d/é") == "-tmp-a-b-c-d--"
+    assert main.cli_project_name("/x/😀") == "-x---"  # one character, two UTF-16 units
+    long = "/" + "a" * 250
+    assert main.cli_project_name(long) == "-" + "a" * 199 + "-" + "feo44x"
+
+
+def test_a_restart_removes_what_a_crash_left_on_disk(make_fake_proxy, tmp_path: Path) -> None:
+    import json
+    import time
+
+    import main
+
+    state, projects, runs = tmp_path / "state", tmp_path / "config" / "projects", tmp_path / "runs"
+    conversations = state / "conversations"
+    dead = f"{os.getpid()}-1.00"  # this pid with another start time: a proxy gone, its pid reused since
+    live = main.Owner.this().tag
+    folders = {name: conversations / name for name in (f"{dead}-left", f"{live}-inuse", "0123abcd", f"{dead}-known")}
+    for folder in folders.values():
+        folder.mkdir(parents=True)
+        transcripts_of(projects, folder).mkdir(parents=True)
+        (transcripts_of(projects, folder) / "s.jsonl").write_text("{}")
+    vanished = transcripts_of(projects, conversations / f"{dead}-vanished")
+    vanished.mkdir()
+    (projects / "-home-someone-project").mkdir()
+    (state / "sessions.json").write_text(json.dumps({"k": {"session_id": "s", "cwd": str(folders[f"{dead}-known"]),
+                                                          "owned": True, "updated": time.time()}}))
+    workdirs = {name: runs / f"claude-proxy-{name}" for name in (f"{dead}-abc123", f"{live}-def456", "old_format")}
+    for folder in workdirs.values():
+        folder.mkdir(parents=True)
+    proxy = make_fake_proxy(claude_sessions=1, claude_state_dir=state, claude_config_dir=tmp_path / "config")
+    assert sorted(p.name for p in conversations.iterdir()) == sorted([f"{live}-inuse", f"{dead}-known"])
+    assert sorted(p.name for p in projects.iterdir()) == sorted(
+        ["-home-someone-project", *(transcripts_of(projects, conversations / n).name
+                                    for n in (f"{live}-inuse", f"{dead}-known"))])
+    assert sorted(p.name for p in runs.iterdir()) == [f"claude-proxy-{live}-def456", "claude-proxy-old_format"]
+    assert "removed 4 folders left by a proxy" in proxy.output()
+
+
+def test_an_expired_conversation_leaves_nothing_on_disk(make_proxy, tmp_path: Path) -> None:
+    state = tmp_path / ("a-long-state-directory-name-" * 8)  # the CLI shortens long folder names its own way
+    proxy = make_proxy(claude_sessions=1, claude_state_dir=state, claude_session_ttl=5, claude_pool_idle_ttl=1)
+    projects = tmp_path / "home/.claude/projects"
+    proxy.client().chat.completions.create(model="claude-code", messages=[{"role": "user", "content": "[[reply:A]] hi"}])
+    [folder] = (state / "conversations").iterdir()
+    assert len(transcripts_of(projects, folder).name) > 200
+    assert wait_until(lambda: list(transcripts_of(projects, folder).glob("*.jsonl")), timeout=5)  # written lazily
+    assert wait_until(lambda: not list((state / "conversations").iterdir()) and not list(projects.iterdir()),
+                      timeout=15)
+
+
+def test_a_run_not_kept_leaves_nothing_on_disk(make_proxy, tmp_path: Path) -> None:
+    import openai
+    import pytest
+
+    state = tmp_path / "state"
+    proxy = make_proxy(claude_sessions=1, claude_state_dir=state)
+    with pytest.raises(openai.APIError):
+        proxy.client().chat.completions.create(model="claude-code", messages=[
+            {"role": "user", "content": "[[error:500]] fail"}])
+    projects = tmp_path / "home/.claude/projects"
+    assert wait_until(lambda: not list((state / "conversations").iterdir()) and not list(projects.glob("*")),
+                      timeout=10)
+
+
+def test_a_configured_folder_keeps_everything_but_the_expired_transcript(make_proxy, tmp_path: Path) -> None:
+    project = tmp_path / "my-project"
+    project.mkdir()
+    proxy = make_proxy(claude_sessions=1, claude_cwd=project, claude_session_ttl=5, claude_pool_idle_ttl=1)
+    transcripts = transcripts_of(tmp_path / "home/.claude/projects", project)
+    transcripts.mkdir(parents=True)
+    (transcripts / "mine.jsonl").write_text("{}")
+    proxy.client().chat.completions.create(model="claude-code", messages=[{"role": "user", "content": "[[reply:A]] hi"}])
+    assert wait_until(lambda: len(list(transcripts.glob("*.jsonl"))) == 2, timeout=5)
+    assert wait_until(lambda: [p.name for p in transcripts.glob("*.jsonl")] == ["mine.jsonl"], timeout=15)
+    assert project.is_dir()

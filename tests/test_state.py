@@ -50,7 +50,8 @@ def test_invalid_entries_are_dropped_and_the_others_kept(tmp_path: Path, caplog)
         sessions = store(path)
     assert {key: s.session_id for key, s in sessions.sessions.items()} == {"good": "s-good", "extra-field": "s-extra"}
     assert "dropped 6 invalid entries" in caplog.text
-    assert sessions.expire(idle_ttl=10**9) == ([], ["/tmp/conversation", "/tmp/conversation"])  # expiry works
+    processes, files = sessions.expire(idle_ttl=10**9)  # expiry works
+    assert (processes, [f.session_id for f in files]) == ([], ["s-good", "s-extra"])
     assert json.loads(path.read_text()) == {}
 
 
