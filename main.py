@@ -24,7 +24,7 @@ Contents, each section using only those above it:
    10. Chat Completions  the OpenAI door: request models, parser, renderer, handler
    11. Responses         the OpenAI Responses door: parser, renderer, handler
    12. The app           health, models, the MCP bridge, create_app (the routes)
-   13. Entry point       main
+   13. Entry point       the server's limits on slow and numerous connections, main
 
 Run it with ``./run.sh`` (``./run.sh --help`` lists every setting; each flag has an environment variable).
 It listens on 127.0.0.1:18880 by default. Claude Code runs with permissions skipped unless CLAUDE_PERMISSION_MODE
@@ -76,9 +76,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 __version__ = "0.1.0"
 logger = logging.getLogger("claude_proxy")
+connections_logger = logging.getLogger("claude_proxy.connections")  # its records are throttled (see Throttle)
 ModelT = TypeVar("ModelT", bound=BaseModel)
 T = TypeVar("T")
 
@@ -120,6 +123,10 @@ class Settings:
     max_concurrency: int = setting("CLAUDE_MAX_CONCURRENCY", 4, "Claude Code runs at once")
     max_queue: int = setting("CLAUDE_MAX_QUEUE", 16, "requests waiting for a run slot before 429")
     max_body_bytes: int = setting("PROXY_MAX_BODY_BYTES", 32 << 20, "largest request body accepted")
+    read_timeout: float = setting(
+        "PROXY_READ_TIMEOUT", 30.0, "seconds a client has to send a whole request (headers and body)"
+    )
+    max_connections: int = setting("PROXY_MAX_CONNECTIONS", 256, "client connections open at once; more are closed")
     max_line_bytes: int = setting("CLAUDE_MAX_LINE_BYTES", 32 << 20, "largest stream-json line read from the CLI")
     max_retries: int = setting("CLAUDE_CODE_MAX_RETRIES", 3, "API retries inside Claude Code (its default is 10)")
     keepalive: float = setting("CLAUDE_KEEPALIVE", 15.0, "seconds of silence before a keep-alive chunk")
@@ -2436,10 +2443,13 @@ async def read_json(request: Request, max_bytes: int) -> Any:
     if length.isdigit() and int(length) > max_bytes:
         raise PayloadTooLarge(f"The request body is larger than PROXY_MAX_BODY_BYTES ({max_bytes} bytes)")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_bytes:
-            raise PayloadTooLarge(f"The request body is larger than PROXY_MAX_BODY_BYTES ({max_bytes} bytes)")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > max_bytes:
+                raise PayloadTooLarge(f"The request body is larger than PROXY_MAX_BODY_BYTES ({max_bytes} bytes)")
+    except ClientDisconnect:  # gone, or closed for sending too slowly (PROXY_READ_TIMEOUT)
+        raise ClientGone("The client went away before sending the whole body") from None
     try:
         parsed = json.loads(body)
     except (ValueError, RecursionError) as exc:
@@ -3365,7 +3375,83 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     return app
 
 
-# ── 13. Entry point ─────────────────────────────────────────────────────
+# ── 13. Entry point: the server, against slow and numerous connections ──
+# uvicorn closes idle keep-alive connections (after 5 s) and refuses headers over 16 KiB (h11), but waits forever for
+# a request that is still arriving, and accepts connections until the process runs out of file descriptors.
+
+
+class ServerConfig(uvicorn.Config):
+    """uvicorn's settings plus the limits GuardedProtocol reads."""
+
+    def __init__(self, app: Any, settings: Settings, **kwargs: Any) -> None:
+        super().__init__(app, http=GuardedProtocol, **kwargs)
+        self.read_timeout = settings.read_timeout
+        self.max_connections = settings.max_connections
+
+
+class GuardedProtocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, with a connection cap (connections beyond PROXY_MAX_CONNECTIONS are closed as they
+    arrive) and a deadline for each request's headers and body (PROXY_READ_TIMEOUT from the connection's opening or
+    from the previous response's end), past which the connection is closed: slow clients cannot hold the proxy."""
+
+    _deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[arg-type]
+        limits = typing.cast(ServerConfig, self.config)
+        if len(self.connections) > limits.max_connections:
+            connections_logger.warning("closed a new connection: %d are open (PROXY_MAX_CONNECTIONS)",
+                                       len(self.connections) - 1)
+            self.transport.close()
+            return
+        self._arm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        """The next request must be received in full within the read timeout."""
+        if self._deadline is not None:
+            self._deadline.cancel()
+        if not self.transport.is_closing():
+            timeout = typing.cast(ServerConfig, self.config).read_timeout
+            self._deadline = self.loop.call_later(timeout, self._read_expired, self.cycle)
+
+    def _read_expired(self, cycle_before: Any) -> None:
+        received = self.cycle is not None and self.cycle is not cycle_before and not self.cycle.more_body
+        if not received and not self.transport.is_closing():
+            connections_logger.warning("closed a connection that did not send its request within %.0f s "
+                                       "(PROXY_READ_TIMEOUT)", typing.cast(ServerConfig, self.config).read_timeout)
+            self.transport.close()
+
+
+class Throttle(logging.Filter):
+    """At most one record of each message per `window` seconds, the next one saying how many were held back: a flood
+    of bad connections must not fill the disk with log lines."""
+
+    def __init__(self, window: float = 10.0) -> None:
+        super().__init__()
+        self.window = window
+        self.last: dict[str, float] = {}
+        self.held: dict[str, int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key, now = f"{record.name}:{record.msg}", time.monotonic()
+        if now - self.last.get(key, -math.inf) < self.window:
+            self.held[key] = self.held.get(key, 0) + 1
+            return False
+        if len(self.last) > 1000:  # messages are few; this only bounds what a stream of distinct ones could hold
+            self.last.clear()
+        self.last[key] = now
+        if held := self.held.pop(key, 0):
+            record.msg = f"{record.msg} [{held} more like this in the last {self.window:.0f} s]"
+        return True
 
 
 class ProxyServer(uvicorn.Server):
@@ -3393,8 +3479,11 @@ def main(argv: list[str] | None = None) -> None:
             "127.0.0.1."
         )
     app = create_app(settings)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                            access_log=False, timeout_graceful_shutdown=5)
+    config = ServerConfig(app, settings, host=settings.host, port=settings.port, log_level=settings.log_level,
+                          access_log=False, timeout_graceful_shutdown=5)
+    throttle = Throttle()  # after uvicorn has set up its loggers
+    for name in ("uvicorn.error", "asyncio", connections_logger.name):
+        logging.getLogger(name).addFilter(throttle)
     ProxyServer(config, app.state.runner).run()
 
 

@@ -151,3 +151,95 @@ def test_an_abandoned_queued_request_never_runs_its_command(make_proxy, fake_api
     assert proxy.client().chat.completions.create(model="claude-code", messages=[
         {"role": "user", "content": "[[reply:after]] hi"}]).choices[0].message.content == "after"
     assert not marker.exists() and len(fake_api.main_requests()) == 3  # slow: tool call + result; then "after"
+
+
+# ── slow and numerous connections (raw sockets on loopback; a bounded number, each closed by the end) ──
+
+
+def slow_sockets(proxy, count: int, sent: bytes) -> list:
+    import socket
+
+    sockets = []
+    for _ in range(count):
+        sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+        sock.sendall(sent)
+        sockets.append(sock)
+    return sockets
+
+
+def closed_within(sock, seconds: float) -> bool:
+    """Whether the server closes `sock` within `seconds` (whatever it sent first)."""
+    import socket
+    import time
+
+    end = time.monotonic() + seconds
+    try:
+        while (left := end - time.monotonic()) > 0:
+            sock.settimeout(left)
+            if not sock.recv(65536):
+                return True
+    except (TimeoutError, socket.timeout):
+        return False
+    except OSError:
+        return True  # reset
+    return False
+
+
+def test_slow_clients_are_cut_off_and_the_connections_capped(make_fake_proxy) -> None:
+    proxy = make_fake_proxy(proxy_read_timeout=1, proxy_max_connections=10)
+    head = f"POST {CHAT} HTTP/1.1\r\nHost: 127.0.0.1:{proxy.port}\r\n".encode()  # and never the blank line
+    slow_head = slow_sockets(proxy, 6, head)
+    slow_body = slow_sockets(proxy, 2, head + b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
+    late = slow_sockets(proxy, 5, head)  # 13 open: the last 3 are over the cap
+    try:
+        assert sum(closed_within(sock, 0.5) for sock in late) >= 3, "connections over the cap are closed at once"
+        assert all(closed_within(sock, 4) for sock in slow_head + slow_body + late)
+        response = httpx.post(proxy.url + CHAT, content=chat_body({"role": "user", "content": "hi"}), headers=JSON,
+                              timeout=30)
+        assert response.status_code == 200
+    finally:
+        for sock in slow_head + slow_body + late:
+            sock.close()
+    assert "Traceback" not in proxy.output()
+
+
+def test_a_slow_next_request_on_a_kept_alive_connection_is_cut_off(make_fake_proxy) -> None:
+    proxy = make_fake_proxy(proxy_read_timeout=1)
+    [sock] = slow_sockets(proxy, 1, f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{proxy.port}\r\n\r\n".encode())
+    try:
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        for _ in range(3):  # a byte at a time, each before the 5 s keep-alive timeout, never a whole request
+            sock.sendall(b"G")
+            closed = closed_within(sock, 0.6)
+            if closed:
+                break
+        assert closed or closed_within(sock, 2)
+    finally:
+        sock.close()
+
+
+def test_a_flood_of_bad_connections_is_logged_a_few_times(make_fake_proxy) -> None:
+    proxy = make_fake_proxy(proxy_max_connections=20)
+    for sock in slow_sockets(proxy, 60, b"NOT HTTP AT ALL\r\n\r\n"):
+        closed_within(sock, 2)
+        sock.close()
+    many = slow_sockets(proxy, 40, b"")
+    for sock in many:
+        sock.close()
+    assert wait_until(lambda: "Invalid HTTP request" in proxy.output(), timeout=5)
+    lines = proxy.output().splitlines()
+    assert sum("Invalid HTTP request" in line for line in lines) <= 2, "\n".join(lines[-20:])
+    assert 1 <= sum("PROXY_MAX_CONNECTIONS" in line for line in lines) <= 2
+
+
+def test_slow_connections_do_not_keep_a_real_run_out(make_proxy) -> None:
+    proxy = make_proxy(proxy_read_timeout=1, proxy_max_connections=6)
+    held = slow_sockets(proxy, 6, f"POST {CHAT} HTTP/1.1\r\nHost: 127.0.0.1:{proxy.port}\r\n".encode())
+    try:
+        assert all(closed_within(sock, 4) for sock in held)
+        answer = proxy.client().chat.completions.create(model="claude-code", messages=[
+            {"role": "user", "content": "[[reply:through]] hi"}])
+        assert answer.choices[0].message.content == "through"
+    finally:
+        for sock in held:
+            sock.close()
