@@ -14,17 +14,19 @@ Code over MCP by this proxy itself).
 Contents, each section using only those above it:
     1. Configuration     Settings, flags and environment variables, finding the CLI
     2. Errors            the ProxyError family and its shape per protocol
-    3. Conversation      the protocol-neutral request: turns, tools, keys, the prompt, images
-    4. Claude Code process   argv, environment, stream-json framing, stopping, the MCP tool bridge
-    5. Interpreter       CLI events -> answer events and an Answer (the only reader of stream-json)
-    6. State on disk     private files written safely, the state directory, the session map, leftovers
-    7. Runs              Run and its states, admission, the warm pool, sessions, parked runs
-    8. Runner            Processes (start/stop) and Runner (routing a conversation, keeping processes)
-    9. HTTP plumbing     guards, one log line per request, bodies, tokens, the stream driver shared by every door
-   10. Chat Completions  the OpenAI door: request models, parser, renderer, handler
-   11. Responses         the OpenAI Responses door: parser, renderer, handler
-   12. The app           health, models, the MCP bridge, create_app (the routes)
-   13. Entry point       the server's limits on slow and numerous connections, main
+    3. Conversation      the protocol-neutral request: turns, tools, keys, the prompt, images (fetched with care)
+    4. Command line      argv, environment, stream-json lines, what a session leaves on disk
+    5. Claude Code process   its process tree, stream-json framing, stopping, the MCP tool bridge
+    6. Interpreter       CLI events -> answer events and an Answer (the only reader of stream-json)
+    7. State on disk     private files written safely, the state directory, the session map, what a crash left
+    8. Runs              Run and its states, admission
+    9. Idle processes    the warm pool, sessions, parked runs
+   10. Runner            Processes (start/stop) and Runner (routing a conversation, keeping processes)
+   11. HTTP plumbing     guards, one log line per request, bodies, tokens, the stream driver shared by every door
+   12. Chat Completions  the OpenAI door: request models, parser, renderer, handler
+   13. Responses         the OpenAI Responses door: parser, renderer, handler
+   14. The app           health, models, the MCP bridge, create_app (the routes)
+   15. Entry point       the server's limits on slow and numerous connections, main
 
 Run it with ``./run.sh`` (``./run.sh --help`` lists every setting; each flag has an environment variable).
 It listens on 127.0.0.1:18880 by default. Claude Code runs with permissions skipped unless CLAUDE_PERMISSION_MODE
@@ -86,7 +88,7 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 T = TypeVar("T")
 
 
-# ── 1. Configuration ─────────────────────────────────────────────────────
+# ── 1. Configuration ──────────────────────────────────────────────────────
 
 
 def setting(env: str, default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -264,7 +266,7 @@ def find_claude(configured: str) -> str | None:
     return None
 
 
-# ── 2. Errors ────────────────────────────────────────────────────────────
+# ── 2. Errors ─────────────────────────────────────────────────────────────
 # One family of errors; each protocol renders it in its own shape (error_body), and only there.
 
 
@@ -407,7 +409,7 @@ def validation_error(exc: ValidationError | RequestValidationError) -> InvalidRe
     return InvalidRequest(f"Invalid request: {first.get('msg', 'invalid value')} at '{param}'", param=param)
 
 
-# ── 3. Conversation: the protocol-neutral request ───────────────────────
+# ── 3. Conversation: the protocol-neutral request ─────────────────────────
 # Every API door parses its body into one Conversation; nothing below this section knows which door it came from.
 
 
@@ -701,7 +703,7 @@ async def user_content(text: str, turns: Sequence[Turn], settings: Settings,
     return [{"type": "text", "text": text}, *images]
 
 
-# ── 4. Claude Code process: argv, environment, stream-json, the tool bridge ─
+# ── 4. Claude Code's command line: argv, environment, stream-json, files ──
 
 
 @dataclass(frozen=True)
@@ -784,38 +786,6 @@ def parse_event(line: bytes) -> dict[str, Any] | None:
     return event if isinstance(event, dict) else None
 
 
-def _descendants(pid: int) -> set[psutil.Process]:
-    try:
-        return set(psutil.Process(pid).children(recursive=True))
-    except psutil.Error:
-        return set()
-
-
-def _kill_all(processes: set[psutil.Process]) -> None:
-    for process in processes:
-        with contextlib.suppress(psutil.Error):
-            process.kill()  # psutil checks the pid still names the same process before signalling
-
-
-def marked_processes(match: Callable[[str], bool]) -> list[psutil.Process]:
-    """This user's processes (this one aside) whose OWNER_VARIABLE `match` accepts.
-
-    Every CLI process the proxy starts carries a mark in its environment, and everything it starts inherits it:
-    the Bash tool's commands too, which run in sessions of their own (setsid) and are re-parented once the CLI is
-    gone, beyond the reach of process groups and of the CLI's own clean-up (measured on CLI 2.1.197)."""
-    found = []
-    for process in psutil.process_iter(["uids"]):
-        try:
-            if process.pid == os.getpid() or process.info["uids"] is None or process.info["uids"].real != os.getuid():
-                continue
-            mark = process.environ().get(OWNER_VARIABLE)
-        except psutil.Error:  # gone meanwhile, or not ours to read
-            continue
-        if mark is not None and match(mark):
-            found.append(process)
-    return found
-
-
 def cli_project_name(folder: str) -> str:
     """The name of the folder under CLAUDE_CONFIG_DIR/projects where Claude Code keeps the transcripts of sessions run
     in `folder` (CLI 2.1.197): each UTF-16 unit but an ASCII letter or digit becomes "-"; a name over 200 characters
@@ -856,6 +826,41 @@ class Footprint:
             shutil.rmtree(transcripts / self.session_id, ignore_errors=True)
 
 
+# ── 5. A Claude Code process: framing, stopping, the tool bridge ──────────
+
+
+def _descendants(pid: int) -> set[psutil.Process]:
+    try:
+        return set(psutil.Process(pid).children(recursive=True))
+    except psutil.Error:
+        return set()
+
+
+def _kill_all(processes: set[psutil.Process]) -> None:
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            process.kill()  # psutil checks the pid still names the same process before signalling
+
+
+def marked_processes(match: Callable[[str], bool]) -> list[psutil.Process]:
+    """This user's processes (this one aside) whose OWNER_VARIABLE `match` accepts.
+
+    Every CLI process the proxy starts carries a mark in its environment, and everything it starts inherits it:
+    the Bash tool's commands too, which run in sessions of their own (setsid) and are re-parented once the CLI is
+    gone, beyond the reach of process groups and of the CLI's own clean-up (measured on CLI 2.1.197)."""
+    found = []
+    for process in psutil.process_iter(["uids"]):
+        try:
+            if process.pid == os.getpid() or process.info["uids"] is None or process.info["uids"].real != os.getuid():
+                continue
+            mark = process.environ().get(OWNER_VARIABLE)
+        except psutil.Error:  # gone meanwhile, or not ours to read
+            continue
+        if mark is not None and match(mark):
+            found.append(process)
+    return found
+
+
 class ExitNoticed(asyncio.subprocess.SubprocessStreamProtocol):
     """asyncio's protocol for a subprocess with pipes, resolving `exited` the moment the process ends: on Python
     3.11, Process.wait() also waits for the pipes to close, which a tool process that inherited them can keep open
@@ -869,6 +874,31 @@ class ExitNoticed(asyncio.subprocess.SubprocessStreamProtocol):
         super().process_exited()
         if not self.exited.done():
             self.exited.set_result(None)
+
+
+async def start_cli(argv: list[str], env: dict[str, str], cwd: str) -> tuple[asyncio.subprocess.Process,
+                                                                           asyncio.Future[None]]:
+    """Start the CLI in its own session, so signals meant for the proxy's terminal do not reach it: what
+    asyncio.create_subprocess_exec does, with a protocol that notices the exit (see ExitNoticed)."""
+    loop = asyncio.get_running_loop()
+    exited: asyncio.Future[None] = loop.create_future()
+    try:
+        transport, protocol = await loop.subprocess_exec(
+            lambda: ExitNoticed(exited, loop), *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, cwd=cwd, env=env, start_new_session=True,
+        )
+    except (FileNotFoundError, PermissionError) as exc:
+        raise ClaudeNotFound(f"Cannot run the Claude Code CLI at {argv[0]}: {exc}. Set CLAUDE_BIN.") from exc
+    except OSError as exc:
+        raise ClaudeFailed(f"Cannot start the Claude Code CLI: {exc}") from exc
+    return asyncio.subprocess.Process(transport, protocol, loop), exited
+
+
+async def end_marked(mark: str, what: str) -> None:
+    """End every process carrying `mark` (see marked_processes): what `what`, now gone, left running."""
+    left = await asyncio.to_thread(marked_processes, mark.__eq__)
+    _kill_all(set(left))
+    logger.warning("%s; stopped the %d processes it left", what, len(left))
 
 
 class ClaudeProcess:
@@ -902,20 +932,7 @@ class ClaudeProcess:
     @classmethod
     async def spawn(cls, argv: list[str], env: dict[str, str], cwd: str, workdir: str,
                     max_line_bytes: int) -> ClaudeProcess:
-        """Start the CLI in its own session, so signals meant for the proxy's terminal do not reach it."""
-        loop = asyncio.get_running_loop()
-        exited: asyncio.Future[None] = loop.create_future()
-        try:  # what asyncio.create_subprocess_exec does, with a protocol that notices the exit (see ExitNoticed)
-            transport, protocol = await loop.subprocess_exec(
-                lambda: ExitNoticed(exited, loop), *argv, stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=cwd, env=env,
-                start_new_session=True,
-            )
-        except (FileNotFoundError, PermissionError) as exc:
-            raise ClaudeNotFound(f"Cannot run the Claude Code CLI at {argv[0]}: {exc}. Set CLAUDE_BIN.") from exc
-        except OSError as exc:
-            raise ClaudeFailed(f"Cannot start the Claude Code CLI: {exc}") from exc
-        proc = asyncio.subprocess.Process(transport, protocol, loop)
+        proc, exited = await start_cli(argv, env, cwd)
         return cls(proc, exited, workdir, max_line_bytes, env.get(OWNER_VARIABLE, ""))
 
     async def _wait_exit(self, timeout: float) -> None:
@@ -1019,14 +1036,9 @@ class ClaudeProcess:
         """Note that the process is being ended by us; if it has already ended without us (kill -9, a crash), its
         tree is gone and its tool processes live on, re-parented: end every process carrying its mark."""
         if self.proc.returncode is not None and not self._exit_expected and self.mark and self._sweep is None:
-            self._sweep = asyncio.get_running_loop().create_task(self._end_leftovers())
+            what = f"Claude Code (pid {self.pid}) ended on its own with code {self.proc.returncode}"
+            self._sweep = asyncio.get_running_loop().create_task(end_marked(self.mark, what))
         self._exit_expected = True
-
-    async def _end_leftovers(self) -> None:
-        left = await asyncio.to_thread(marked_processes, self.mark.__eq__)
-        _kill_all(set(left))
-        logger.warning("Claude Code (pid %d) ended on its own with code %s; stopped the %d processes it left",
-                       self.pid, self.proc.returncode, len(left))
 
     async def stop(self, reason: ProxyError | None = None) -> None:
         """Stop the process and every process it started; safe to call twice and from a cancelled task.
@@ -1133,7 +1145,7 @@ def _jsonrpc_error(request_id: Any, code: int, message: str) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}
 
 
-# ── 5. Interpreter: CLI events into a neutral answer ─────────────────────
+# ── 6. Interpreter: CLI events into a neutral answer ──────────────────────
 # The only place that knows stream-json: stop reasons, results, top-level vs sub-agent events, the MCP prefix.
 
 
@@ -1393,9 +1405,10 @@ class Interpreter:
         return [Started(index), Delta(index, "".join(lines)), Ended(index)]
 
 
-# ── 6. State on disk, and what a proxy that is gone left behind ───────
+# ── 7. State on disk, and what a proxy that is gone left behind ───────────
 # Files the proxy keeps (CLAUDE_STATE_DIR) must survive a planted link, a corrupt file and a directory that cannot be
-# written: each fault is reported and degrades a feature, none stops the proxy or fails a request.
+# written: each fault is reported and degrades a feature, none stops the proxy or fails a request. A proxy that was
+# killed leaves processes (known by their mark) and folders (named after it) which the next one to start removes.
 
 
 def write_private(path: Path, text: str) -> None:
@@ -1563,7 +1576,7 @@ def sweep_workdirs(temporary: Path) -> int:
     return removed
 
 
-# ── 7. Runs: a process at work for a request, and where idle processes wait ─
+# ── 8. Runs: a process at work for a request ──────────────────────────────
 
 
 class Background:
@@ -1721,6 +1734,9 @@ class Run:
         if not self._closed:
             self._closed = True
             await asyncio.shield(self._release(self))
+
+
+# ── 9. Where idle processes wait: the warm pool, sessions, parked runs ────
 
 
 class WarmPool:
@@ -1981,7 +1997,7 @@ class Parking:
         return len(self._timers)
 
 
-# ── 8. Runner: the one owner of Claude Code processes ────────────────────
+# ── 10. Runner: the one owner of Claude Code processes ────────────────────
 
 
 class Processes:
@@ -2010,12 +2026,21 @@ class Processes:
             )
         return self.claude_bin
 
-    async def sweep(self) -> None:
-        """End what proxies that are gone left running (see orphans), before this one starts any process."""
+    async def sweep(self, conversations: set[str] | None) -> None:
+        """End what proxies that are gone left running (see orphans), before this one starts any process, then
+        remove their folders: private ones, and the conversations (and transcripts) no saved session knows, when
+        sessions are on (`conversations`: the folders of those known)."""
         left = await asyncio.to_thread(orphans, self.owner)
         _kill_all(set(left))
         if left:
             logger.warning("stopped %d processes left running by a proxy that was killed or crashed", len(left))
+        removed = await asyncio.to_thread(sweep_workdirs, Path(tempfile.gettempdir()))
+        if conversations is not None and self.state.check():
+            known = {os.path.realpath(folder) for folder in conversations}
+            folders = self.state.path / "conversations"
+            removed += await asyncio.to_thread(sweep_conversations, folders, known, self.projects)
+        if removed:
+            logger.info("removed %d folders left by a proxy that was killed or crashed", removed)
 
     async def probe(self) -> None:
         """Note the CLI's version for the health endpoint; a missing CLI is reported, not fatal."""
@@ -2145,16 +2170,9 @@ class Runner:
         return self.processes.closed
 
     async def start(self) -> None:
-        """Before the first request: end what proxies that are gone left running, then remove what they left on
-        disk (folders and transcripts no saved conversation needs), and note the CLI's version."""
-        await self.processes.sweep()
-        removed = await asyncio.to_thread(sweep_workdirs, Path(tempfile.gettempdir()))
-        if self.sessions and self.processes.state.check():
-            known = {os.path.realpath(session.cwd) for session in self.sessions.sessions.values()}
-            folders, projects = self.processes.state.path / "conversations", self.processes.projects
-            removed += await asyncio.to_thread(sweep_conversations, folders, known, projects)
-        if removed:
-            logger.info("removed %d folders left by a proxy that was killed or crashed", removed)
+        """Before the first request: end and remove what proxies that are gone left behind, note the CLI's version."""
+        known = {session.cwd for session in self.sessions.sessions.values()} if self.sessions else None
+        await self.processes.sweep(known)
         await self.processes.probe()
 
     # -- routing a conversation to a process
@@ -2318,7 +2336,7 @@ class Runner:
         await self.processes.stop_all()
 
 
-# ── 9. HTTP plumbing: guards, logging, bodies, the stream driver ─────────
+# ── 11. HTTP plumbing: guards, logging, bodies, the stream driver ─────────
 
 
 def app_state(request: Request) -> tuple[Settings, Runner]:
@@ -2670,7 +2688,7 @@ def sse(payload: dict[str, Any], event: str | None = None) -> str:
     return f"event: {event}\n{data}" if event else data
 
 
-# ── 10. OpenAI Chat Completions: parser, renderer, handler ───────────────
+# ── 12. OpenAI Chat Completions: parser, renderer, handler ────────────────
 # https://platform.openai.com/docs/api-reference/chat/create
 
 
@@ -2958,7 +2976,7 @@ async def chat_completion(request: Request, body: dict[str, Any]) -> Response:
     return await answer_as_chat(request, chat_conversation(req, settings), req.stream, include_usage)
 
 
-# ── 11. OpenAI Responses: parser, renderer, handler ───────────────────────
+# ── 13. OpenAI Responses: parser, renderer, handler ───────────────────────
 # https://platform.openai.com/docs/api-reference/responses/create — Codex, the Vercel AI SDK, the Agents SDK.
 
 
@@ -3284,7 +3302,7 @@ async def cursor_completion(request: Request, body: dict[str, Any]) -> Response:
     return await answer_as_chat(request, conversation, req.stream, include_usage)
 
 
-# ── 12. The app: health, models, the MCP bridge, routes ──────────────────
+# ── 14. The app: health, models, the MCP bridge, routes ───────────────────
 
 
 def model_card(model_id: str) -> dict[str, Any]:
@@ -3375,7 +3393,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     return app
 
 
-# ── 13. Entry point: the server, against slow and numerous connections ──
+# ── 15. Entry point: the server, against slow and numerous connections ────
 # uvicorn closes idle keep-alive connections (after 5 s) and refuses headers over 16 KiB (h11), but waits forever for
 # a request that is still arriving, and accepts connections until the process runs out of file descriptors.
 
