@@ -672,7 +672,7 @@ class Soak:
             self.sample(start)
         for worker in workers:
             worker.join(REQUEST_TIMEOUT + 30)
-        time.sleep(45)  # idle past the session and pool TTLs (30 s, 20 s): what expiry leaves
+        time.sleep(60)  # idle past the session and pool TTLs (30 s, 20 s; checked every 10 s): what expiry leaves
         self.sample(start)
 
     def sample(self, start: float) -> None:
