@@ -52,6 +52,7 @@ import logging
 import math
 import os
 import re
+import resource
 import secrets
 import shutil
 import signal
@@ -3472,6 +3473,16 @@ class Throttle(logging.Filter):
         return True
 
 
+def allow_open_files(wanted: int) -> None:
+    """Raise the soft limit on open files towards `wanted` as far as the hard limit allows: macOS starts processes
+    with 256, which PROXY_MAX_CONNECTIONS connections and the CLIs' pipes would exhaust before the cap is reached."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted if hard == resource.RLIM_INFINITY
+                                                        else min(wanted, hard), hard))
+
+
 class ProxyServer(uvicorn.Server):
     """uvicorn, stopping every Claude Code run first on shutdown so open streams end at once."""
 
@@ -3496,6 +3507,7 @@ def main(argv: list[str] | None = None) -> None:
             "can reach this port. Set CLAUDE_PROXY_TOKEN (or --token) to a long random secret, or listen on "
             "127.0.0.1."
         )
+    allow_open_files(2 * settings.max_connections + 256)  # connections, plus 3 pipes per CLI and its files
     app = create_app(settings)
     config = ServerConfig(app, settings, host=settings.host, port=settings.port, log_level=settings.log_level,
                           access_log=False, timeout_graceful_shutdown=5)

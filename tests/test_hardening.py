@@ -243,3 +243,16 @@ def test_slow_connections_do_not_keep_a_real_run_out(make_proxy) -> None:
     finally:
         for sock in held:
             sock.close()
+
+
+def test_the_open_file_limit_is_raised_for_the_connection_cap() -> None:
+    import subprocess
+    import sys
+
+    script = ("import resource, main; soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE); "
+              "resource.setrlimit(resource.RLIMIT_NOFILE, (200, hard)); main.allow_open_files(768); "
+              "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])")
+    from proxy_harness import REPO
+
+    raised = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True)
+    assert int(raised.stdout) == 768
