@@ -31,7 +31,12 @@ def stream_in_background(proxy, content: str) -> httpx.Client:
 
 
 def cli_of(proxy) -> psutil.Process:
-    [cli] = [p for p in proxy.children() if "-p" in p.cmdline() and p.status() != psutil.STATUS_ZOMBIE]
+    clis = []
+    for process in proxy.children():
+        with contextlib.suppress(psutil.Error):  # a zombie (the probe's `claude --version`) has no command line
+            if process.status() != psutil.STATUS_ZOMBIE and "-p" in process.cmdline():
+                clis.append(process)
+    [cli] = clis
     return cli
 
 
@@ -46,28 +51,33 @@ def alive(process: psutil.Process) -> bool:
 
 
 @contextlib.contextmanager
-def a_tool_running(make_fake_proxy, content: str = "hi") -> Iterator[tuple[Proxy, psutil.Process]]:
-    """A fake-CLI proxy with a streamed run whose tool process is running; the request is left open meanwhile."""
-    tag = f"tool-{uuid.uuid4().hex}"
-    proxy = make_fake_proxy(fake_claude_mode="tool", fake_claude_tag=tag, claude_prime_window=0.2, claude_timeout=60)
+def a_tool_running(proxy: Proxy, content: str, tag: str) -> Iterator[list[psutil.Process]]:
+    """A streamed run whose tool processes (`tag` in their command lines) are running; the request stays open."""
     client = stream_in_background(proxy, content)
     try:
-        assert wait_until(lambda: processes_matching(tag), timeout=10)
-        [tool] = processes_matching(tag)
-        yield proxy, tool
+        assert wait_until(lambda: processes_matching(tag), timeout=30)
+        yield processes_matching(tag)
     finally:
         client.close()
 
 
+def fake_tool_proxy(make_fake_proxy) -> tuple[Proxy, str]:
+    tag = f"tool-{uuid.uuid4().hex}"
+    return make_fake_proxy(fake_claude_mode="tool", fake_claude_tag=tag, claude_prime_window=0.2,
+                           claude_timeout=60), tag
+
+
 def test_a_cli_killed_mid_tool_leaves_no_tool_process(make_fake_proxy) -> None:
-    with a_tool_running(make_fake_proxy) as (proxy, tool):
+    proxy, tag = fake_tool_proxy(make_fake_proxy)
+    with a_tool_running(proxy, "hi", tag) as [tool]:
         os.kill(cli_of(proxy).pid, signal.SIGKILL)
         assert wait_until(lambda: not alive(tool), timeout=10), "the tool's process outlived its CLI"
     assert "ended on its own" in proxy.output()
 
 
 def test_a_restart_ends_what_a_killed_proxy_left_running(make_fake_proxy) -> None:
-    with a_tool_running(make_fake_proxy) as (first, tool):
+    first, tag = fake_tool_proxy(make_fake_proxy)
+    with a_tool_running(first, "hi", tag) as [tool]:
         cli = cli_of(first)
         first.stop(signal.SIGKILL)
     assert alive(cli) and alive(tool), "SIGKILL cannot be caught: the children are still there"
@@ -76,7 +86,8 @@ def test_a_restart_ends_what_a_killed_proxy_left_running(make_fake_proxy) -> Non
 
 
 def test_starting_a_proxy_never_touches_a_live_proxys_processes(make_fake_proxy) -> None:
-    with a_tool_running(make_fake_proxy) as (_, tool):
+    running, tag = fake_tool_proxy(make_fake_proxy)
+    with a_tool_running(running, "hi", tag) as [tool]:
         make_fake_proxy()
         assert not wait_until(lambda: not alive(tool), timeout=2)
     assert wait_until(lambda: not alive(tool), timeout=10), "the live proxy still stops its own run"
@@ -92,16 +103,11 @@ def long_command(tag: str) -> str:
 def test_kill_9_of_the_real_cli_mid_bash_leaves_nothing(make_proxy) -> None:
     tag = f"bash-{uuid.uuid4().hex}"
     proxy = make_proxy()
-    client = stream_in_background(proxy, long_command(tag))
-    try:
-        assert wait_until(lambda: processes_matching(tag), timeout=30)
-        tool_tree = processes_matching(tag)
+    with a_tool_running(proxy, long_command(tag), tag) as tool_tree:
         cli = cli_of(proxy)
         assert any(p.pid == cli.pid for t in tool_tree for p in t.parents())
         os.kill(cli.pid, signal.SIGKILL)
         assert wait_until(lambda: not any(alive(p) for p in tool_tree), timeout=10)
-    finally:
-        client.close()
     answer = proxy.client().chat.completions.create(model="claude-code", messages=[
         {"role": "user", "content": "[[reply:still here]] hi"}])
     assert answer.choices[0].message.content == "still here"
@@ -110,13 +116,9 @@ def test_kill_9_of_the_real_cli_mid_bash_leaves_nothing(make_proxy) -> None:
 def test_sigkill_of_the_proxy_then_a_restart_leaves_nothing_running(make_proxy) -> None:
     tag = f"bash-{uuid.uuid4().hex}"
     first = make_proxy()
-    client = stream_in_background(first, long_command(tag))
-    try:
-        assert wait_until(lambda: processes_matching(tag), timeout=30)
-        left = [cli_of(first), *processes_matching(tag)]
+    with a_tool_running(first, long_command(tag), tag) as tool_tree:
+        left = [cli_of(first), *tool_tree]
         first.stop(signal.SIGKILL)
-    finally:
-        client.close()
     assert all(alive(p) for p in left)
     second = make_proxy()
     assert wait_until(lambda: not any(alive(p) for p in left), timeout=10)
