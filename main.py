@@ -13,22 +13,25 @@ Code over MCP by this proxy itself).
 
 Contents, each section using only those above it:
     1. Configuration     Settings, flags and environment variables, finding the CLI
-    2. Errors            the ProxyError family and its shape per protocol
-    3. Conversation      the protocol-neutral request: turns, tools, keys, the prompt, images
-    4. Claude Code process   argv, environment, stream-json framing, stopping, the MCP tool bridge
-    5. Interpreter       CLI events -> answer events and an Answer (the only reader of stream-json)
-    6. Usage and limits  the plan's limits as Claude Code reports them, the usage ledger (SQLite)
-    7. Runs              Run and its states, admission, the warm pool, sessions, parked runs
-    8. Runner            Processes (what the CLI offers, start/stop, the login check) and Runner (routing a
+    2. Errors            the ProxyError family and its shape per API door
+    3. Conversation      the protocol-neutral request: turns, tools, keys, the prompt, images (fetched with care)
+    4. Command line      argv, environment, stream-json lines, what a session leaves on disk
+    5. Claude Code process   its process tree, stream-json framing, stopping, the MCP tool bridge
+    6. Interpreter       CLI events -> answer events and an Answer (the only reader of stream-json)
+    7. Usage and limits  the plan's limits as Claude Code reports them, the usage ledger (SQLite)
+    8. State on disk     private files written safely, the state directory, the session map, what a crash left
+    9. Runs              Run and its states, admission
+   10. Idle processes    the warm pool, sessions, parked runs
+   11. Runner            Processes (what the CLI offers, start/stop, the login check) and Runner (routing a
                          conversation, keeping processes)
-    9. HTTP plumbing     guards, one log line and one ledger row per request, bodies, tokens, budgets, the stream
+   12. HTTP plumbing     guards, one log line and one ledger row per request, bodies, tokens, budgets, the stream
                          driver shared by every door
-   10. Chat Completions  the OpenAI door: request models, parser, renderer, handler
-   11. Responses         the OpenAI Responses door (and Cursor's Responses-shaped chat requests)
-   12. Messages          the Anthropic Messages door, and count_tokens
-   13. Usage views       /v1/usage, /metrics (Prometheus), the /status page
-   14. The app           health, models, the MCP bridge, create_app (the routes)
-   15. Entry point       main
+   13. Chat Completions  the OpenAI door: request models, parser, renderer, handler
+   14. Responses         the OpenAI Responses door (and Cursor's Responses-shaped chat requests)
+   15. Messages          the Anthropic Messages door, and count_tokens
+   16. Usage views       /v1/usage, /metrics (Prometheus), the /status page
+   17. The app           health, models, the MCP bridge, create_app (the routes)
+   18. Entry point       the server against slow and numerous connections, main
 
 Run it with ``./run.sh`` (``./run.sh --help`` lists every setting; each flag has an environment variable).
 It listens on 127.0.0.1:18880 by default. Claude Code runs with permissions skipped unless CLAUDE_PERMISSION_MODE
@@ -57,9 +60,11 @@ import logging
 import math
 import os
 import re
+import resource
 import secrets
 import shutil
 import signal
+import socket
 import sqlite3
 import sys
 import tempfile
@@ -67,6 +72,7 @@ import time
 import typing
 import urllib.parse
 import uuid
+import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
@@ -87,13 +93,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 __version__ = "0.1.0"
 logger = logging.getLogger("claude_proxy")
+connections_logger = logging.getLogger("claude_proxy.connections")  # its records are throttled (see Throttle)
 ModelT = TypeVar("ModelT", bound=BaseModel)
+T = TypeVar("T")
 
 
-# ── 1. Configuration ─────────────────────────────────────────────────────
+# ── 1. Configuration ──────────────────────────────────────────────────────────
 
 
 def setting(env: str, default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -112,7 +122,9 @@ class Settings:
         "PROXY_ALLOWED_ORIGINS", "", "comma-separated browser origins allowed to call the API (CORS); default none"
     )
     port: int = setting("PROXY_PORT", 18880, "port to listen on")
-    token: str = setting("CLAUDE_PROXY_TOKEN", "", "bearer token clients must send (Authorization or x-api-key)")
+    token: str = setting("CLAUDE_PROXY_TOKEN", "", "bearer token clients must send (Authorization or x-api-key); "
+                         "as a flag every user of the machine can read it in ps: prefer the variable or --token-file")
+    token_file: str = setting("CLAUDE_PROXY_TOKEN_FILE", "", "file whose first line is the token (instead of --token)")
     model_name: str = setting("MODEL_NAME", "claude-code", "model id that means the CLI's own default model")
     max_turns: int = setting("CLAUDE_MAX_TURNS", 10, "agent turns per request (--max-turns)")
     timeout: float = setting("CLAUDE_TIMEOUT", 300.0, "seconds a request may take, queueing included")
@@ -132,6 +144,10 @@ class Settings:
     max_concurrency: int = setting("CLAUDE_MAX_CONCURRENCY", 4, "Claude Code runs at once")
     max_queue: int = setting("CLAUDE_MAX_QUEUE", 16, "requests waiting for a run slot before 429")
     max_body_bytes: int = setting("PROXY_MAX_BODY_BYTES", 32 << 20, "largest request body accepted")
+    read_timeout: float = setting(
+        "PROXY_READ_TIMEOUT", 30.0, "seconds a client has to send a whole request (headers and body)"
+    )
+    max_connections: int = setting("PROXY_MAX_CONNECTIONS", 256, "client connections open at once; more are closed")
     max_line_bytes: int = setting("CLAUDE_MAX_LINE_BYTES", 32 << 20, "largest stream-json line read from the CLI")
     max_retries: int = setting("CLAUDE_CODE_MAX_RETRIES", 3, "API retries inside Claude Code (its default is 10)")
     keepalive: float = setting("CLAUDE_KEEPALIVE", 15.0, "seconds of silence before a keep-alive chunk")
@@ -151,6 +167,10 @@ class Settings:
     max_live_sessions: int = setting("CLAUDE_MAX_LIVE_SESSIONS", 4, "conversations whose CLI stays alive between turns")
     session_ttl: float = setting("CLAUDE_SESSION_TTL", 86400.0, "seconds a conversation can be resumed after a turn")
     fetch_images: bool = setting("CLAUDE_FETCH_IMAGES", False, "fetch http(s) image URLs (off: only data: URLs)")
+    fetch_allowed_networks: str = setting(
+        "CLAUDE_FETCH_ALLOWED_NETWORKS", "",
+        "comma-separated networks (CIDR) image URLs may lead to although loopback, private or link-local",
+    )
     max_image_bytes: int = setting("CLAUDE_MAX_IMAGE_BYTES", 10 << 20, "largest image accepted, decoded")
     show_tool_activity: bool = setting(
         "CLAUDE_SHOW_TOOL_ACTIVITY", False, "stream Claude Code's own tool calls and outcomes as reasoning_content"
@@ -180,9 +200,13 @@ CLAUDE_INSTALL_PLACES = (
     "/opt/homebrew/bin/claude",
     "/usr/local/bin/claude",
 )
-CHILD_ENV_DROPPED = ("CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT", "CLAUDE_PROXY_TOKEN")
+OWNER_VARIABLE = "CLAUDE_PROXY_OWNER"  # marks every process the proxy starts (see marked_processes)
+CHILD_ENV_DROPPED = ("CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT", "CLAUDE_PROXY_TOKEN", "CLAUDE_PROXY_TOKEN_FILE")
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp")
 EXCLUDE_DYNAMIC_SECTIONS = "--exclude-dynamic-system-prompt-sections"
+IMAGE_FETCH_S = 30.0  # seconds a fetched image may take, redirects included (and never past the request's deadline)
+IMAGE_REDIRECTS = 5
+CONTENT_DECODERS = {"identity": 0, "gzip": 31, "x-gzip": 31, "deflate": 15}  # zlib wbits (0: not encoded)
 MCP_SERVER = "tools"
 MCP_PREFIX = f"mcp__{MCP_SERVER}__"
 SSE_DONE = "data: [DONE]\n\n"
@@ -196,6 +220,8 @@ MAX_MODEL_ID = 256  # characters; a longer "model" is a 400
 LEDGER_FILE = "usage.sqlite3"
 LOGIN_CHECK_TTL = 300.0  # seconds `claude auth status` is trusted
 TRIAL_RETRY_S = 5.0  # Retry-After while the one trial request after a plan limit's reset is under way
+WORKDIR_PREFIX = "claude-proxy-"  # each process's private temporary folder: claude-proxy-<owner's tag>-<random>
+POOL_ONCE_REMEMBERED = 256  # launch configurations used once, remembered (by hash) to notice a second use
 
 
 def _parse_bool(text: str) -> bool:
@@ -225,9 +251,24 @@ def settings_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
 
 
 def load_settings(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
-    """Settings from flags, then environment variables, then defaults."""
+    """Settings from flags, then environment variables, then defaults; the token from its file if one is named."""
     parser = settings_parser(os.environ if environ is None else environ)
-    return Settings(**vars(parser.parse_args(argv)))
+    settings = Settings(**vars(parser.parse_args(argv)))
+    if not settings.token_file:
+        return settings
+    if settings.token:
+        parser.error("give the token either in CLAUDE_PROXY_TOKEN (--token) or in CLAUDE_PROXY_TOKEN_FILE, not both")
+    try:
+        token = (Path(settings.token_file).expanduser().read_text().splitlines() or [""])[0].strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        parser.error(f"cannot read the token file {settings.token_file}: {exc}")
+    if not token:
+        parser.error(f"the token file {settings.token_file} is empty")
+    return dataclasses.replace(settings, token=token)
+
+
+def token_on_argv(argv: Sequence[str]) -> bool:
+    return any(word == "--token" or word.startswith("--token=") for word in argv)
 
 
 def is_loopback(host: str) -> bool:
@@ -260,7 +301,7 @@ def find_claude(configured: str) -> str | None:
     return None
 
 
-# ── 2. Errors ────────────────────────────────────────────────────────────
+# ── 2. Errors ─────────────────────────────────────────────────────────────────
 # One family of errors; each protocol renders it in its own shape (error_body), and only there.
 
 
@@ -363,6 +404,12 @@ class BudgetExhausted(ProxyError):
     status, type, code = 429, "insufficient_quota", "insufficient_quota"
 
 
+class ClientGone(ProxyError):
+    """The client went away: nothing is sent; 499 is what the log line says (nginx's "client closed request")."""
+
+    status, type, code = 499, "invalid_request_error", "client_closed_request"
+
+
 Door = Literal["openai", "responses", "anthropic"]
 ANTHROPIC_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                          404: "not_found_error", 413: "request_too_large", 415: "invalid_request_error",
@@ -410,7 +457,7 @@ def validation_error(exc: ValidationError | RequestValidationError) -> InvalidRe
     return InvalidRequest(f"Invalid request: {first.get('msg', 'invalid value')} at '{param}'", param=param)
 
 
-# ── 3. Conversation: the protocol-neutral request ───────────────────────
+# ── 3. Conversation: the protocol-neutral request ─────────────────────────────
 # Every API door parses its body into one Conversation; nothing below this section knows which door it came from.
 
 
@@ -649,9 +696,11 @@ def data_url_image(url: str, max_bytes: int, where: str) -> dict[str, Any]:
     return image_block(header[5:-7], data, max_bytes, where)
 
 
-async def fetch_image(url: str, where: str, settings: Settings) -> dict[str, Any]:
+async def fetch_image(url: str, where: str, settings: Settings, deadline: float) -> dict[str, Any]:
     """The image block for an image URL: decoded from a data: URL or, when CLAUDE_FETCH_IMAGES allows it (a proxy
-    that fetches any URL it is given is an SSRF hole), downloaded with a size cap."""
+    that fetches any URL it is given is an SSRF hole), downloaded within IMAGE_FETCH_S seconds and the request's
+    `deadline` (monotonic), from public addresses only (see image_address), at most max_image_bytes once decoded.
+    Every failure says the same, so that answers cannot map which hosts and ports exist."""
     if url.startswith("data:"):
         return data_url_image(url, settings.max_image_bytes, where)
     if not url.startswith(("http://", "https://")):
@@ -659,27 +708,94 @@ async def fetch_image(url: str, where: str, settings: Settings) -> dict[str, Any
     if not settings.fetch_images:
         raise InvalidRequest(f"Image URLs are not fetched (set CLAUDE_FETCH_IMAGES=1); send a data: URL in {where}",
                              param=where)
+    failed = InvalidRequest(
+        f"Could not fetch the image in {where}: it must be a png, jpeg, gif or webp image of at most "
+        f"{settings.max_image_bytes} bytes at a public http(s) address, sent within {IMAGE_FETCH_S:.0f} s; or send "
+        "a data: URL", param=where)
     try:
-        async with httpx.AsyncClient(timeout=20) as client, client.stream("GET", url) as response:
-            response.raise_for_status()
-            data = bytearray()
-            async for chunk in response.aiter_bytes():
-                data += chunk
-                if len(data) > settings.max_image_bytes:
-                    break
-            media_type = response.headers.get("content-type", "")
-    except httpx.HTTPError as exc:
-        raise InvalidRequest(f"Could not fetch the image in {where}: {exc}", param=where) from None
-    return image_block(media_type, bytes(data), settings.max_image_bytes, where)
+        limit = max(0.0, min(IMAGE_FETCH_S, deadline - time.monotonic()))
+        media_type, data = await asyncio.wait_for(download_image(url, settings), limit)
+        return image_block(media_type, data, settings.max_image_bytes, where)
+    except (httpx.HTTPError, OSError, ValueError, zlib.error, asyncio.TimeoutError, InvalidRequest) as exc:
+        logger.debug("image fetch failed: %r", str(exc)[:200])
+        raise failed from None
 
 
-async def user_content(text: str, turns: Sequence[Turn], settings: Settings) -> list[dict[str, Any]]:
+async def download_image(url: str, settings: Settings) -> tuple[str, bytes]:
+    """The media type and decoded bytes of an image URL. Redirects are followed here, each hop's address checked
+    (httpx following them would connect wherever a public server points it); ValueError for what is refused."""
+    allowed = [ipaddress.ip_network(net.strip(), strict=False)
+               for net in settings.fetch_allowed_networks.split(",") if net.strip()]
+    async with httpx.AsyncClient(timeout=IMAGE_FETCH_S, follow_redirects=False, trust_env=False) as client:
+        for _ in range(IMAGE_REDIRECTS + 1):
+            target = httpx.URL(url)
+            if target.scheme not in ("http", "https"):
+                raise ValueError(f"redirected to a {target.scheme} URL")
+            address = await image_address(target, allowed)
+            # Connect to the address just checked (resolving again could give another: DNS rebinding); the name
+            # still goes in Host and in TLS (SNI, and the certificate is checked against it).
+            request = client.build_request(
+                "GET", target.copy_with(host=address), headers={"Host": target.netloc.decode("ascii"),
+                                                                "Accept": ", ".join(IMAGE_TYPES)},
+                extensions={"sni_hostname": target.host})
+            response = await client.send(request, stream=True)
+            try:
+                if not response.has_redirect_location:
+                    response.raise_for_status()
+                    return response.headers.get("content-type", ""), await read_image(response, settings)
+                url = str(target.join(response.headers["location"]))
+            finally:
+                await response.aclose()
+    raise ValueError("too many redirects")
+
+
+async def image_address(target: httpx.URL, allowed: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> str:
+    """The address to fetch `target` from: its name resolved, every address checked, so that a name cannot lead to
+    loopback, link-local or private addresses (this machine, the LAN, cloud metadata at 169.254.169.254) unless
+    CLAUDE_FETCH_ALLOWED_NETWORKS lists them."""
+    port = target.port or (443 if target.scheme == "https" else 80)
+    found = await asyncio.get_running_loop().getaddrinfo(target.host, port, type=socket.SOCK_STREAM)
+    addresses = [str(info[4][0]) for info in found]
+    for text in addresses:
+        address = ipaddress.ip_address(text.split("%")[0])
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        if not (address.is_global and not address.is_multicast) and not any(address in net for net in allowed):
+            raise ValueError(f"{target.host} has the address {address}, which is not public")
+    if not addresses:
+        raise ValueError(f"{target.host} has no address")
+    return addresses[0]
+
+
+async def read_image(response: httpx.Response, settings: Settings) -> bytes:
+    """The body of an image response, decoded as it streams in and refused as soon as it passes max_image_bytes
+    (a small gzip body can stand for gigabytes)."""
+    limit = settings.max_image_bytes
+    media_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type not in IMAGE_TYPES:
+        raise ValueError(f"not an image: {media_type[:50]!r}")
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in CONTENT_DECODERS:
+        raise ValueError(f"unsupported content-encoding {encoding[:50]!r}")
+    wbits = CONTENT_DECODERS[encoding]
+    decoder = zlib.decompressobj(wbits) if wbits else None
+    data = bytearray()
+    async for chunk in response.aiter_raw():
+        data += decoder.decompress(chunk, limit + 1 - len(data)) if decoder else chunk
+        if len(data) > limit:
+            raise ValueError(f"over {limit} bytes")
+    return bytes(data)
+
+
+async def user_content(text: str, turns: Sequence[Turn], settings: Settings,
+                       deadline: float) -> list[dict[str, Any]]:
     """The content of the user message sent to Claude Code: the prompt text, then the images of `turns`."""
     places = [place for turn in turns if turn.role == "user" for place in turn.images]
-    return [{"type": "text", "text": text}, *[await fetch_image(url, where, settings) for url, where in places]]
+    images = [await fetch_image(url, where, settings, deadline) for url, where in places]
+    return [{"type": "text", "text": text}, *images]
 
 
-# ── 4. Claude Code process: argv, environment, stream-json, the tool bridge ─
+# ── 4. Claude Code's command line: argv, environment, stream-json, files ──────
 
 
 @dataclass(frozen=True)
@@ -703,7 +819,8 @@ class Launch:
 
 
 def build_argv(claude_bin: str, settings: Settings, launch: Launch, system_prompt_file: str | None = None,
-               mcp_url: str | None = None, cli_flags: frozenset[str] = frozenset()) -> list[str]:
+               mcp_config_file: str | None = None, session_id: str | None = None,
+               cli_flags: frozenset[str] = frozenset()) -> list[str]:
     """The CLI's argv. The prompt is never in it: it goes on stdin as stream-json. `cli_flags` are the flags the
     installed CLI lists in --help (cli_flags_of): optional flags it lacks are left out.
 
@@ -727,6 +844,8 @@ def build_argv(claude_bin: str, settings: Settings, launch: Launch, system_promp
         argv.append("--no-session-persistence")
     if launch.resume:
         argv.append(f"--resume={launch.resume}")
+    elif session_id:
+        argv.append(f"--session-id={session_id}")  # known from the start: its transcript can be found and removed
     if launch.model:
         argv.append(f"--model={launch.model}")
     if launch.system_prompt is not None:
@@ -738,15 +857,21 @@ def build_argv(claude_bin: str, settings: Settings, launch: Launch, system_promp
     if launch.json_schema:
         # Claude Code then ends by calling its StructuredOutput tool, validated against the schema (CLI 2.1.197).
         argv.append(f"--json-schema={launch.json_schema}")
-    if mcp_url:
-        # alwaysLoad: the client's tools are always in the prompt, never deferred behind Claude Code's tool search
-        # (which hides MCP tools on CLI 2.1.331 whenever its own tools are on, and on 2.1.197 with
-        # ENABLE_TOOL_SEARCH); on 2.1.331 it also makes the first turn wait until this server is connected.
-        config = {"mcpServers": {MCP_SERVER: {"type": "http", "url": mcp_url, "alwaysLoad": True}}}
-        argv += [f"--mcp-config={json.dumps(config)}", "--strict-mcp-config", f"--allowedTools=mcp__{MCP_SERVER}"]
+    if mcp_config_file:
+        argv += [f"--mcp-config={mcp_config_file}", "--strict-mcp-config", f"--allowedTools=mcp__{MCP_SERVER}"]
         if not settings.keep_builtin_tools:
             argv.append("--tools=")
     return argv
+
+
+def mcp_config(url: str, secret: str) -> str:
+    """The --mcp-config of a process serving the client's tools: the proxy's MCP endpoint, the bridge's secret as a
+    bearer token. It goes in a mode-600 file, never on argv, which every user of the machine can read (ps)."""
+    # alwaysLoad: the client's tools are always in the prompt, never deferred behind Claude Code's tool search (which
+    # hides MCP tools on CLI 2.1.331 whenever its own tools are on, and on 2.1.197 with ENABLE_TOOL_SEARCH); on
+    # 2.1.331 it also makes the first turn wait until this server is connected.
+    server = {"type": "http", "url": url, "headers": {"Authorization": f"Bearer {secret}"}, "alwaysLoad": True}
+    return json.dumps({"mcpServers": {MCP_SERVER: server}})
 
 
 def child_env(settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:
@@ -808,6 +933,49 @@ async def cli_output(claude_bin: str, args: Sequence[str], env: Mapping[str, str
     return out
 
 
+def cli_project_name(folder: str) -> str:
+    """The name of the folder under CLAUDE_CONFIG_DIR/projects where Claude Code keeps the transcripts of sessions run
+    in `folder` (CLI 2.1.197): each UTF-16 unit but an ASCII letter or digit becomes "-"; a name over 200 characters
+    is cut there and followed by "-" and the folder's Java-style string hash in base 36."""
+    raw = folder.encode("utf-16-le")
+    units = [int.from_bytes(raw[i:i + 2], "little") for i in range(0, len(raw), 2)]
+    name = "".join(chr(unit) if chr(unit).isascii() and chr(unit).isalnum() else "-" for unit in units)
+    if len(name) <= 200:
+        return name
+    code = 0
+    for unit in units:
+        code = (code * 31 + unit) & 0xFFFFFFFF
+    code = abs(code - (1 << 32) if code >= 1 << 31 else code)
+    digits = ""
+    while not digits or code:
+        code, digit = divmod(code, 36)
+        digits = "0123456789abcdefghijklmnopqrstuvwxyz"[digit] + digits
+    return f"{name[:200]}-{digits}"
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What a conversation's Claude Code session leaves on disk: its transcript (under CLAUDE_CONFIG_DIR/projects,
+    in the folder named after the conversation's folder: <session id>.jsonl and a folder of that id) and, when the
+    proxy made it (`owned`), the conversation's folder, whose transcripts' folder then goes with it."""
+
+    folder: str
+    owned: bool
+    session_id: str | None
+
+    def remove(self, projects: Path) -> None:
+        transcripts = projects / cli_project_name(os.path.realpath(self.folder))
+        if self.owned:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            shutil.rmtree(transcripts, ignore_errors=True)
+        elif self.session_id:
+            (transcripts / f"{self.session_id}.jsonl").unlink(missing_ok=True)
+            shutil.rmtree(transcripts / self.session_id, ignore_errors=True)
+
+
+# ── 5. A Claude Code process: framing, stopping, the tool bridge ──────────────
+
+
 def _descendants(pid: int) -> set[psutil.Process]:
     try:
         return set(psutil.Process(pid).children(recursive=True))
@@ -821,6 +989,65 @@ def _kill_all(processes: set[psutil.Process]) -> None:
             process.kill()  # psutil checks the pid still names the same process before signalling
 
 
+def marked_processes(match: Callable[[str], bool]) -> list[psutil.Process]:
+    """This user's processes (this one aside) whose OWNER_VARIABLE `match` accepts.
+
+    Every CLI process the proxy starts carries a mark in its environment, and everything it starts inherits it:
+    the Bash tool's commands too, which run in sessions of their own (setsid) and are re-parented once the CLI is
+    gone, beyond the reach of process groups and of the CLI's own clean-up (measured on CLI 2.1.197)."""
+    found = []
+    for process in psutil.process_iter(["uids"]):
+        try:
+            if process.pid == os.getpid() or process.info["uids"] is None or process.info["uids"].real != os.getuid():
+                continue
+            mark = process.environ().get(OWNER_VARIABLE)
+        except psutil.Error:  # gone meanwhile, or not ours to read
+            continue
+        if mark is not None and match(mark):
+            found.append(process)
+    return found
+
+
+class ExitNoticed(asyncio.subprocess.SubprocessStreamProtocol):
+    """asyncio's protocol for a subprocess with pipes, resolving `exited` the moment the process ends: on Python
+    3.11, Process.wait() also waits for the pipes to close, which a tool process that inherited them can keep open
+    long after the CLI died."""
+
+    def __init__(self, exited: asyncio.Future[None], loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=1 << 16, loop=loop)
+        self.exited = exited
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+
+async def start_cli(argv: list[str], env: dict[str, str], cwd: str) -> tuple[asyncio.subprocess.Process,
+                                                                           asyncio.Future[None]]:
+    """Start the CLI in its own session, so signals meant for the proxy's terminal do not reach it: what
+    asyncio.create_subprocess_exec does, with a protocol that notices the exit (see ExitNoticed)."""
+    loop = asyncio.get_running_loop()
+    exited: asyncio.Future[None] = loop.create_future()
+    try:
+        transport, protocol = await loop.subprocess_exec(
+            lambda: ExitNoticed(exited, loop), *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, cwd=cwd, env=env, start_new_session=True,
+        )
+    except (FileNotFoundError, PermissionError) as exc:
+        raise ClaudeNotFound(f"Cannot run the Claude Code CLI at {argv[0]}: {exc}. Set CLAUDE_BIN.") from exc
+    except OSError as exc:
+        raise ClaudeFailed(f"Cannot start the Claude Code CLI: {exc}") from exc
+    return asyncio.subprocess.Process(transport, protocol, loop), exited
+
+
+async def end_marked(mark: str, what: str) -> None:
+    """End every process carrying `mark` (see marked_processes): what `what`, now gone, left running."""
+    left = await asyncio.to_thread(marked_processes, mark.__eq__)
+    _kill_all(set(left))
+    logger.warning("%s; stopped the %d processes it left", what, len(left))
+
+
 class ClaudeProcess:
     """One Claude Code CLI process reading stream-json on stdin and writing stream-json on stdout.
 
@@ -828,9 +1055,15 @@ class ClaudeProcess:
     without losing a partial line, and a process that dies while idle is noticed.
     """
 
-    def __init__(self, proc: asyncio.subprocess.Process, workdir: str, max_line_bytes: int) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, exited: asyncio.Future[None], workdir: str,
+                 max_line_bytes: int, mark: str = "") -> None:
         self.proc = proc
+        self._exited = exited
         self.workdir = workdir
+        self.mark = mark  # its OWNER_VARIABLE: what it leaves behind if it dies unexpectedly carries it too
+        self._exit_expected = False  # we are ending it (stop, finish): its exit is no accident
+        self._sweep: asyncio.Task[None] | None = None
+        self._watcher = asyncio.create_task(self._watch_exit())
         self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         self._events: asyncio.Queue[dict[str, Any] | ProxyError | None] = asyncio.Queue()
         self._readers = [
@@ -842,23 +1075,18 @@ class ClaudeProcess:
         self.bridge: ToolBridge | None = None
         self.billed = 0.0  # the total_cost_usd of its last result: the CLI adds up the cost of all its turns
         self.cwd = workdir
-        self.owns_cwd = False  # a conversation folder made for this process, removed with it unless a session keeps it
+        self.footprint: Footprint | None = None  # its saved session: removed with it unless a session keeps it
         self.launch = Launch()  # what it was started with
 
     @classmethod
     async def spawn(cls, argv: list[str], env: dict[str, str], cwd: str, workdir: str,
                     max_line_bytes: int) -> ClaudeProcess:
-        """Start the CLI in its own session, so signals meant for the proxy's terminal do not reach it."""
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, cwd=cwd, env=env, start_new_session=True,
-            )
-        except (FileNotFoundError, PermissionError) as exc:
-            raise ClaudeNotFound(f"Cannot run the Claude Code CLI at {argv[0]}: {exc}. Set CLAUDE_BIN.") from exc
-        except OSError as exc:
-            raise ClaudeFailed(f"Cannot start the Claude Code CLI: {exc}") from exc
-        return cls(proc, workdir, max_line_bytes)
+        proc, exited = await start_cli(argv, env, cwd)
+        return cls(proc, exited, workdir, max_line_bytes, env.get(OWNER_VARIABLE, ""))
+
+    async def _wait_exit(self, timeout: float) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._exited), timeout)
 
     @property
     def pid(self) -> int:
@@ -902,8 +1130,7 @@ class ClaudeProcess:
         """Why the process ended without a result, from its exit code and the end of its stderr."""
         if self.interrupted is not None:
             return self.interrupted
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self.proc.wait(), STOP_GRACE_S)
+        await self._wait_exit(STOP_GRACE_S)
         await asyncio.wait({self._readers[1]}, timeout=0.5)
         stderr = "\n".join(self.stderr_tail).strip()
         code = self.proc.returncode
@@ -950,11 +1177,24 @@ class ClaudeProcess:
             if self.proc.stdin is not None and not self.proc.stdin.is_closing():
                 self.proc.stdin.close()
 
+    async def _watch_exit(self) -> None:
+        await self._exited
+        self._expect_exit()
+
+    def _expect_exit(self) -> None:
+        """Note that the process is being ended by us; if it has already ended without us (kill -9, a crash), its
+        tree is gone and its tool processes live on, re-parented: end every process carrying its mark."""
+        if self.proc.returncode is not None and not self._exit_expected and self.mark and self._sweep is None:
+            what = f"Claude Code (pid {self.pid}) ended on its own with code {self.proc.returncode}"
+            self._sweep = asyncio.get_running_loop().create_task(end_marked(self.mark, what))
+        self._exit_expected = True
+
     async def stop(self, reason: ProxyError | None = None) -> None:
         """Stop the process and every process it started; safe to call twice and from a cancelled task.
 
         `reason` is what the request still reading this process is told (an interrupted CLI reports a cryptic
         error_during_execution result of its own)."""
+        self._expect_exit()
         self.interrupted = self.interrupted or reason
         if self._stopping is None:
             self._stopping = asyncio.get_running_loop().create_task(self._terminate())
@@ -975,23 +1215,22 @@ class ClaudeProcess:
                     self.proc.send_signal(sig)
                 else:
                     os.killpg(self.pid, sig)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.proc.wait(), STOP_GRACE_S if sig == signal.SIGINT else 1.0)
+            await self._wait_exit(STOP_GRACE_S if sig == signal.SIGINT else 1.0)
         _kill_all(tree)
+        if self._sweep is not None:
+            await self._sweep
         await asyncio.wait(self._readers, timeout=1.0)
         for reader in self._readers:
             reader.cancel()
         shutil.rmtree(self.workdir, ignore_errors=True)
-        if self.owns_cwd:
-            shutil.rmtree(self.cwd, ignore_errors=True)
 
     async def finish(self) -> None:
         """Let a process whose work is done exit on its own (stdin closed) and end what it left running;
         stop() then cleans up."""
+        self._expect_exit()
         tree = _descendants(self.pid)
         self._close_input()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self.proc.wait()), 1.0)
+        await self._wait_exit(1.0)
         _kill_all(tree | _descendants(self.pid))
 
 
@@ -1055,7 +1294,7 @@ def _jsonrpc_error(request_id: Any, code: int, message: str) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}
 
 
-# ── 5. Interpreter: CLI events into a neutral answer ─────────────────────
+# ── 6. Interpreter: CLI events into a neutral answer ──────────────────────────
 # The only place that knows stream-json: stop reasons, results, top-level vs sub-agent events, the MCP prefix.
 
 
@@ -1425,7 +1664,7 @@ def offered_models(initialized: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(values + resolved))
 
 
-# ── 6. Usage and limits: the plan's limits, the usage ledger ─────────────
+# ── 7. Usage and limits: the plan's limits, the usage ledger ──────────────────
 # What Claude Code's runs cost and how close the plan's limits are: kept across requests, and (the ledger) restarts.
 
 
@@ -1565,7 +1804,6 @@ TOTALS_SQL = """SELECT date(time, 'unixepoch') AS day, COALESCE(model, ''), COUN
     SUM(status >= 400 OR error IS NOT NULL), COALESCE(SUM(input_tokens), 0), COALESCE(SUM(cached_tokens), 0),
     COALESCE(SUM(output_tokens), 0), COALESCE(SUM(cost_usd), 0)
     FROM requests WHERE time >= ? AND time < ? GROUP BY day, model ORDER BY day, model"""
-T = TypeVar("T")
 
 
 class Ledger:
@@ -1684,7 +1922,178 @@ def check_budget(settings: Settings, ledger: Ledger) -> None:
                               retry_after=next_utc_day(now) - now)
 
 
-# ── 7. Runs: a process at work for a request, and where idle processes wait ─
+# ── 8. State on disk, and what a proxy that is gone left behind ───────────────
+# Files the proxy keeps (CLAUDE_STATE_DIR) must survive a planted link, a corrupt file and a directory that cannot be
+# written: each fault is reported and degrades a feature, none stops the proxy or fails a request. A proxy that was
+# killed leaves processes (known by their mark) and folders (named after it) which the next one to start removes.
+
+
+def write_private(path: Path, text: str) -> None:
+    """Replace `path` with a file only this user can read, atomically and following no link: the text goes to a new
+    file of a random name (O_EXCL and O_NOFOLLOW: a planted file or link is never written through), which is then
+    renamed over `path` (a rename replaces a link at `path` itself, never what it points to)."""
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    descriptor = os.open(temporary, flags, 0o600)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+class StateDir:
+    """CLAUDE_STATE_DIR: the session map and the conversation folders. One that cannot be written is reported (GET /)
+    and conversations are not kept until it can be again (`check`), instead of failing requests."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.error: str | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.error is None
+
+    def check(self) -> bool:
+        """Whether the directory can be written now (it is made if missing); notes the fault or its end."""
+        try:
+            (self.path / "conversations").mkdir(mode=0o700, parents=True, exist_ok=True)
+            probe = self.path / ".probe"
+            write_private(probe, "")
+            probe.unlink()
+        except OSError as exc:
+            self.failed(f"cannot write {self.path}", exc)
+            return False
+        if self.error is not None:
+            logger.info("the state directory %s can be written again; conversations are kept again", self.path)
+            self.error = None
+        return True
+
+    def failed(self, what: str, exc: OSError) -> None:
+        if self.error is None:
+            logger.warning("%s (%s): conversations are not kept until it can be written", what, exc.strerror or exc)
+        self.error = f"{what}: {exc.strerror or exc}"
+
+
+SESSION_FIELDS: dict[str, tuple[type, ...]] = {"session_id": (str,), "cwd": (str,), "owned": (bool,),
+                                               "updated": (int, float)}
+
+
+def valid_session_entry(entry: Any) -> bool:
+    return isinstance(entry, dict) and all(
+        isinstance(entry.get(name), kinds) and not (kinds != (bool,) and isinstance(entry.get(name), bool))
+        for name, kinds in SESSION_FIELDS.items()) and math.isfinite(entry["updated"])
+
+
+def load_session_map(path: Path) -> dict[str, dict[str, Any]]:
+    """The saved session map's valid entries (only their known fields). A file that is not a JSON object is moved
+    aside with a warning; invalid entries are dropped with one (the next save writes the file without them)."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        return set_aside(path, str(exc)[:200])
+    if not isinstance(saved, dict):
+        return set_aside(path, f"a JSON {type(saved).__name__}, not an object")
+    entries = {key: {name: entry[name] for name in SESSION_FIELDS} for key, entry in saved.items()
+               if valid_session_entry(entry)}
+    if len(entries) < len(saved):
+        logger.warning("dropped %d invalid entries of %s", len(saved) - len(entries), path)
+    return entries
+
+
+def set_aside(path: Path, why: str) -> dict[str, dict[str, Any]]:
+    aside = path.with_name(f"{path.name}.bad-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        path.replace(aside)
+        logger.warning("%s is unusable (%s): moved to %s; starting with no known conversations", path, why, aside)
+    except OSError as exc:
+        logger.warning("%s is unusable (%s) and cannot be moved aside (%s)", path, why, exc.strerror or exc)
+    return {}
+
+
+@dataclass(frozen=True)
+class Owner:
+    """A proxy process as the marks of the processes it starts name it (OWNER_VARIABLE is "<pid>-<start time>/<n>"):
+    its start time tells it from a later process given the same pid, so a proxy that is gone is known as gone."""
+
+    pid: int
+    started: str
+
+    @classmethod
+    def this(cls) -> Owner:
+        me = psutil.Process()
+        return cls(me.pid, f"{me.create_time():.2f}")
+
+    @classmethod
+    def of_mark(cls, mark: str) -> Owner | None:
+        pid, _, started = mark.split("/")[0].partition("-")
+        return cls(int(pid), started) if pid.isdigit() and started else None
+
+    @property
+    def tag(self) -> str:
+        return f"{self.pid}-{self.started}"
+
+    def running(self) -> bool:
+        try:
+            return f"{psutil.Process(self.pid).create_time():.2f}" == self.started
+        except psutil.Error:
+            return False
+
+
+def orphans(this: Owner) -> list[psutil.Process]:
+    """What proxies that are gone (SIGKILL, a crash) left running: their CLIs and everything those started, by the
+    mark they carry (see marked_processes). A live proxy's processes, this one's included, are never among them."""
+    gone: dict[Owner, bool] = {}
+
+    def orphaned(mark: str) -> bool:
+        owner = Owner.of_mark(mark)
+        if owner is None or owner == this:
+            return False
+        if owner not in gone:
+            gone[owner] = not owner.running()
+        return gone[owner]
+
+    return marked_processes(orphaned)
+
+
+def owner_of(name: str) -> Owner | None:
+    """The proxy that made a folder named "<prefix><owner's tag>-<unique part>" (None: not one of those names)."""
+    return Owner.of_mark(name.rpartition("-")[0])
+
+
+def sweep_conversations(folders: Path, known: set[str], projects: Path) -> int:
+    """Remove the conversation folders in `folders` that no saved session knows and no live proxy is using (a crash
+    left them), with their transcripts, and the transcripts of conversation folders that are gone; how many."""
+    removed = 0
+    for folder in list(folders.iterdir()) if folders.is_dir() else []:
+        owner = owner_of(folder.name)
+        if os.path.realpath(folder) not in known and (owner is None or not owner.running()):
+            Footprint(str(folder), True, None).remove(projects)
+            removed += 1
+    present = {cli_project_name(os.path.realpath(f)) for f in folders.iterdir()} if folders.is_dir() else set()
+    for transcripts in projects.glob(cli_project_name(os.path.realpath(folders)) + "-*"):
+        if transcripts.name not in present:
+            shutil.rmtree(transcripts, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def sweep_workdirs(temporary: Path) -> int:
+    """Remove the private folders (WORKDIR_PREFIX<owner>-…) of processes whose proxy is gone; how many."""
+    removed = 0
+    for folder in temporary.glob(WORKDIR_PREFIX + "*"):
+        owner = owner_of(folder.name.removeprefix(WORKDIR_PREFIX))
+        if owner is not None and not owner.running():
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+# ── 9. Runs: a process at work for a request ──────────────────────────────────
 
 
 class Background:
@@ -1711,9 +2120,14 @@ class Admission:
         self._max_waiting = waiting
         self.running = 0
 
-    async def acquire(self, deadline: float) -> None:
+    def check(self) -> None:
+        """Raise Overloaded when every slot and every place in line is taken (a request can be refused before its
+        body is read)."""
         if self._slots.locked() and self._waiting >= self._max_waiting:
             raise Overloaded("Too many requests in flight; try again shortly", retry_after=5)
+
+    async def acquire(self, deadline: float) -> None:
+        self.check()
         self._waiting += 1
         try:
             await asyncio.wait_for(self._slots.acquire(), max(deadline - time.monotonic(), 0))
@@ -1844,12 +2258,17 @@ class Run:
             await asyncio.shield(self._release(self))
 
 
+# ── 10. Where idle processes wait: the warm pool, sessions, parked runs ───────
+
+
 class WarmPool:
-    """Idle, pre-started CLI processes for the launch configurations seen most recently.
+    """Idle, pre-started CLI processes for the launch configurations used most recently, and more than once.
 
     A process started with --input-format stream-json has done its ~1 s of start-up and waits for a message on
     stdin, so a request that takes one answers at once. The `size` slots are shared round-robin among the most
-    recent configurations; idle processes expire after `ttl` seconds. Idle processes hold no run slot.
+    recent configurations that came back: one used once (a timestamp in a system prompt makes every request its
+    own) gets no process started for it, and is remembered by its hash only, so distinct configurations cost
+    neither CLI starts nor memory. Idle processes expire after `ttl` seconds and hold no run slot.
     """
 
     def __init__(self, size: int, ttl: float, spawn: Callable[[Launch], Awaitable[ClaudeProcess]],
@@ -1860,7 +2279,8 @@ class WarmPool:
         self._retire = retire
         self._background = background
         self._idle: dict[Launch, list[tuple[ClaudeProcess, float]]] = {}
-        self._recent: dict[Launch, float] = {}
+        self._recent: dict[Launch, float] = {}  # configurations used again, least recent first: `size` at most
+        self._once: dict[int, float] = {}  # hashes of configurations used once (a collision costs one pre-start)
         self._refill: asyncio.Task[None] | None = None
 
     @property
@@ -1869,19 +2289,30 @@ class WarmPool:
 
     def take(self, launch: Launch) -> ClaudeProcess | None:
         """A warm, live process for `launch`, if there is one; dead ones are retired, never handed out."""
-        entries = self._idle.get(launch, [])
+        entries = self._idle.pop(launch, [])
         while entries:
             process, _ = entries.pop()
             if process.running():
+                if entries:
+                    self._idle[launch] = entries
                 return process
             self._background.start(self._retire(process))
         return None
 
     def learn(self, launch: Launch) -> None:
-        """Note that `launch` was just used."""
-        if self.size > 0:
-            self._recent.pop(launch, None)
-            self._recent[launch] = time.monotonic()
+        """Note that `launch` was just used: the second use makes it a configuration worth pre-starting for."""
+        if self.size <= 0:
+            return
+        now = time.monotonic()
+        if launch not in self._recent and self._once.pop(hash(launch), None) is None:
+            self._once[hash(launch)] = now
+            while len(self._once) > POOL_ONCE_REMEMBERED:
+                del self._once[next(iter(self._once))]
+            return
+        self._recent.pop(launch, None)
+        self._recent[launch] = now
+        while len(self._recent) > self.size:
+            del self._recent[next(iter(self._recent))]
 
     def refill(self) -> None:
         """Start the processes the recent configurations lack, in the background. Called when a run ends:
@@ -1913,13 +2344,17 @@ class WarmPool:
         """Retire idle processes past their time, dead ones, and those no recent configuration wants."""
         now = time.monotonic()
         self._recent = {launch: seen for launch, seen in self._recent.items() if now - seen < self.ttl}
+        self._once = {key: seen for key, seen in self._once.items() if now - seen < self.ttl}
         targets = self.targets()
         retired: list[ClaudeProcess] = []
-        for launch, entries in self._idle.items():
+        for launch, entries in list(self._idle.items()):
             fresh = [(p, t) for p, t in entries if p.alive and now - t < self.ttl]
             keep = fresh[: targets.get(launch, 0)]
             retired += [p for p, _ in entries if all(p is not k for k, _ in keep)]
-            entries[:] = keep
+            if keep:
+                self._idle[launch] = keep
+            else:
+                del self._idle[launch]
         await asyncio.gather(*(self._retire(process) for process in retired))
 
     def close(self) -> None:
@@ -1937,6 +2372,10 @@ class Session:
     updated: float
     process: ClaudeProcess | None = None
 
+    @property
+    def footprint(self) -> Footprint:
+        return Footprint(self.cwd, self.owned, self.session_id)
+
 
 class SessionStore:
     """Conversations by the key of their turns so far, the reply included (see prefix_keys).
@@ -1947,27 +2386,21 @@ class SessionStore:
     `max_live` processes are kept.
     """
 
-    def __init__(self, path: Path, max_live: int, ttl: float) -> None:
+    def __init__(self, path: Path, max_live: int, ttl: float, state: StateDir | None = None) -> None:
         self.path = path
         self.max_live = max_live
         self.ttl = ttl
-        self.sessions: dict[str, Session] = self._load()
-
-    def _load(self) -> dict[str, Session]:
-        try:
-            saved = json.loads(self.path.read_text())
-            return {key: Session(**entry) for key, entry in saved.items()}
-        except (OSError, ValueError, TypeError):
-            return {}
+        self.state = state or StateDir(path.parent)
+        self.sessions: dict[str, Session] = {key: Session(**entry) for key, entry in load_session_map(path).items()}
 
     def save(self) -> None:
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        entries = {key: {f: getattr(s, f) for f in ("session_id", "cwd", "owned", "updated")}
-                   for key, s in self.sessions.items()}
-        temporary = self.path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(entries))
-        temporary.chmod(0o600)
-        temporary.replace(self.path)
+        """Write the map; a state directory that cannot be written is noted (sessions pause), never an error."""
+        entries = {key: {f: getattr(s, f) for f in SESSION_FIELDS} for key, s in self.sessions.items()}
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            write_private(self.path, json.dumps(entries))
+        except OSError as exc:
+            self.state.failed(f"cannot write {self.path}", exc)
 
     def find(self, conversation: Conversation) -> tuple[str, int] | None:
         """The key of the longest known conversation the request continues with new user turns, and where those
@@ -1983,38 +2416,48 @@ class SessionStore:
         self.save()
         return session
 
-    def keep(self, key: str, session: Session) -> tuple[list[ClaudeProcess], list[str]]:
+    def keep(self, key: str, session: Session) -> tuple[list[ClaudeProcess], list[Footprint]]:
         """Remember a conversation. Returns what to remove: the processes beyond max_live and, beyond MAX_SESSIONS
-        conversations, the folders of the oldest (least recently used first). A conversation already known under
-        `key` (the same messages answered the same way again) is replaced: its process and folder go too."""
-        processes, folders = self._drop([key] if key in self.sessions else [])
+        conversations, the files of the oldest (least recently used first). A conversation already known under
+        `key` (the same messages answered the same way again) is replaced: its process and files go too."""
+        processes, footprints = self._drop([key] if key in self.sessions else [])
         self.sessions[key] = session
         by_age = sorted(self.sessions.items(), key=lambda item: item[1].updated)
-        older, old_folders = self._drop([k for k, _ in by_age[: max(0, len(by_age) - MAX_SESSIONS)]])
-        processes, folders = processes + older, folders + old_folders
+        older, old_footprints = self._drop([k for k, _ in by_age[: max(0, len(by_age) - MAX_SESSIONS)]])
+        processes, footprints = processes + older, footprints + old_footprints
         live = [s for k, s in by_age if s.process is not None and k in self.sessions]
         for old in live[: max(0, len(live) - self.max_live)]:
             assert old.process is not None
             processes.append(old.process)
             old.process = None
         self.save()
-        return processes, folders
+        return processes, footprints
 
-    def expire(self, idle_ttl: float) -> tuple[list[ClaudeProcess], list[str]]:
+    def expire(self, idle_ttl: float) -> tuple[list[ClaudeProcess], list[Footprint]]:
         """Processes idle longer than idle_ttl, and conversations older than ttl: what to remove."""
         now = time.time()
-        processes, folders = self._drop([k for k, s in self.sessions.items() if now - s.updated > self.ttl])
+        processes, footprints = self._drop([k for k, s in self.sessions.items() if now - s.updated > self.ttl])
         for session in self.sessions.values():
             if session.process is not None and now - session.updated > idle_ttl:
                 processes.append(session.process)
                 session.process = None
-        if folders or processes:
+        if footprints or processes:
             self.save()
-        return processes, folders
+        return processes, footprints
 
-    def _drop(self, keys: list[str]) -> tuple[list[ClaudeProcess], list[str]]:
+    def _drop(self, keys: list[str]) -> tuple[list[ClaudeProcess], list[Footprint]]:
         dropped = [self.sessions.pop(key) for key in keys]
-        return [s.process for s in dropped if s.process], [s.cwd for s in dropped if s.owned]
+        return [s.process for s in dropped if s.process], [s.footprint for s in dropped]
+
+
+def carries_calls_of(conversation: Conversation, run: Run) -> bool:
+    """Whether `conversation` has an assistant turn with the very tool calls the run made (their ids and names; the
+    ids are the API's random ones), in the same model: the mark of the conversation a parked run belongs to, an
+    edited one included. Arguments are not compared: clients may send them back reformatted."""
+    made = {(block.call_id, block.name) for block in run.answer.of_kind("tool_call")}
+    return conversation.model == run.conversation.model and any(
+        {(call.id, call.name) for call in turn.calls} == made
+        for turn in conversation.turns if turn.role == "assistant" and turn.calls)
 
 
 class Parking:
@@ -2053,13 +2496,13 @@ class Parking:
     def find(self, conversation: Conversation) -> tuple[Run | None, list[Run]]:
         """The parked run `conversation` continues with its tool results (it must answer every call the run waits
         for, right after the conversation that led to them), and the parked runs it left behind: calls it
-        answers otherwise, or moved on from."""
+        answers otherwise, or moved on from. Only runs whose calls the conversation carries are concerned: a tool
+        result naming another conversation's call id leaves that conversation's run alone."""
         results = conversation.tool_results()
-        called = {call.id for turn in conversation.turns if turn.role == "assistant" for call in turn.calls}
-        superseded = {run for call_id, run in self.runs.items()
-                      if call_id in called and not set(run.interpreter.awaiting) <= set(results)}
+        own = {run for run in self.runs.values() if carries_calls_of(conversation, run)}
+        superseded = {run for run in own if not set(run.interpreter.awaiting) <= set(results)}
         run = self.runs.get(next(iter(results), ""))
-        if run is None or run in superseded:
+        if run is None or run not in own or run in superseded:
             return None, list(superseded)
         history = len(conversation.turns) - len(results) - 1
         if set(run.interpreter.awaiting) != set(results) or history < 0 \
@@ -2076,7 +2519,7 @@ class Parking:
         return len(self._timers)
 
 
-# ── 8. Runner: the one owner of Claude Code processes ────────────────────
+# ── 11. Runner: the one owner of Claude Code processes ────────────────────────
 
 
 class Processes:
@@ -2093,7 +2536,9 @@ class Processes:
         self._asking_models = asyncio.Lock()
         self.live: set[ClaudeProcess] = set()
         self.bridges: dict[str, ToolBridge] = {}
-        self.state_dir = Path(settings.state_dir).expanduser()
+        self.state = StateDir(Path(settings.state_dir).expanduser())
+        self.owner = Owner.this()
+        self.started = 0  # processes started so far: each one's mark is this owner's tag and its number
         self.closed = False
 
     def require_claude(self) -> str:
@@ -2105,6 +2550,22 @@ class Processes:
                 "Install it (npm install -g @anthropic-ai/claude-code) or set CLAUDE_BIN to its path."
             )
         return self.claude_bin
+
+    async def sweep(self, conversations: set[str] | None) -> None:
+        """End what proxies that are gone left running (see orphans), before this one starts any process, then
+        remove their folders: private ones, and the conversations (and transcripts) no saved session knows, when
+        sessions are on (`conversations`: the folders of those known)."""
+        left = await asyncio.to_thread(orphans, self.owner)
+        _kill_all(set(left))
+        if left:
+            logger.warning("stopped %d processes left running by a proxy that was killed or crashed", len(left))
+        removed = await asyncio.to_thread(sweep_workdirs, Path(tempfile.gettempdir()))
+        if conversations is not None and self.state.check():
+            known = {os.path.realpath(folder) for folder in conversations}
+            folders = self.state.path / "conversations"
+            removed += await asyncio.to_thread(sweep_conversations, folders, known, self.projects)
+        if removed:
+            logger.info("removed %d folders left by a proxy that was killed or crashed", removed)
 
     async def probe(self) -> None:
         """Note the CLI's version (for the health endpoint) and the flags it knows (for every run's argv), once;
@@ -2160,26 +2621,27 @@ class Processes:
         return None
 
     async def spawn(self, launch: Launch) -> ClaudeProcess:
-        """A new CLI process for `launch` with a private temporary directory (its working directory unless one is
-        configured), removed when the process stops."""
+        """A new CLI process for `launch` with a private temporary directory, removed when the process stops: its
+        working directory, unless one is configured or sessions give it a conversation folder of its own."""
         claude_bin = self.require_claude()
-        workdir = tempfile.mkdtemp(prefix="claude-proxy-")
-        prompt_file = None
-        if launch.system_prompt and len(launch.system_prompt.encode()) > SYSTEM_PROMPT_FILE_BYTES:
-            # Linux refuses a single argv string over 128 KiB (E2BIG); the CLI reads a file as well.
-            prompt_file = os.path.join(workdir, ".system-prompt.txt")
-            Path(prompt_file).write_text(launch.system_prompt)
+        workdir = tempfile.mkdtemp(prefix=f"{WORKDIR_PREFIX}{self.owner.tag}-")
+        folder = launch.cwd or (self._new_conversation_folder() if launch.persist else None)
+        if launch.persist and folder is None:
+            launch = dataclasses.replace(launch, persist=False)  # the state directory failed: no session
+        footprint = Footprint(folder, launch.cwd is None, launch.resume or str(uuid.uuid4())) \
+            if launch.persist and folder else None
         bridge = ToolBridge(launch.tools) if launch.tools else None
-        mcp_url = f"{self_url(self.settings)}/mcp/{bridge.secret}" if bridge else None
-        argv = build_argv(claude_bin, self.settings, launch, prompt_file, mcp_url, self.cli_flags)
-        cwd = launch.cwd or (self._new_conversation_folder() if launch.persist else workdir)
         try:
-            process = await ClaudeProcess.spawn(argv, self.env, cwd, workdir, self.settings.max_line_bytes)
-        except ProxyError:
-            for folder in {workdir, cwd} - {launch.cwd}:
-                shutil.rmtree(folder, ignore_errors=True)
+            argv = self._argv(claude_bin, launch, workdir, bridge, footprint)
+            self.started += 1
+            env = {**self.env, OWNER_VARIABLE: f"{self.owner.tag}/{self.started}"}
+            process = await ClaudeProcess.spawn(argv, env, folder or workdir, workdir, self.settings.max_line_bytes)
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            if footprint and not launch.resume:  # a resumed session's files stay with its session
+                footprint.remove(self.projects)
             raise
-        process.cwd, process.owns_cwd, process.launch = cwd, cwd != workdir and launch.cwd is None, launch
+        process.cwd, process.footprint, process.launch = folder or workdir, footprint, launch
         if bridge:
             process.bridge = self.bridges[bridge.secret] = bridge
         self.live.add(process)
@@ -2188,33 +2650,60 @@ class Processes:
             raise ShuttingDown("The proxy is shutting down", retry_after=5)
         return process
 
-    def _new_conversation_folder(self) -> str:
+    def _argv(self, claude_bin: str, launch: Launch, workdir: str, bridge: ToolBridge | None,
+              footprint: Footprint | None) -> list[str]:
+        """The CLI's argv; what is too long or too secret for it goes in files in the process's private `workdir`."""
+        prompt_file = None
+        if launch.system_prompt and len(launch.system_prompt.encode()) > SYSTEM_PROMPT_FILE_BYTES:
+            # Linux refuses a single argv string over 128 KiB (E2BIG); the CLI reads a file as well.
+            prompt_file = os.path.join(workdir, ".system-prompt.txt")
+            Path(prompt_file).write_text(launch.system_prompt)
+        config_file = None
+        if bridge:
+            config_file = os.path.join(workdir, ".mcp-config.json")
+            write_private(Path(config_file), mcp_config(f"{self_url(self.settings)}/mcp", bridge.secret))
+        session_id = footprint.session_id if footprint and not launch.resume else None
+        return build_argv(claude_bin, self.settings, launch, prompt_file, config_file, session_id, self.cli_flags)
+
+    @property
+    def projects(self) -> Path:
+        """Where Claude Code keeps its transcripts: CLAUDE_CONFIG_DIR/projects, ~/.claude/projects by default."""
+        config = self.env.get("CLAUDE_CONFIG_DIR") or os.path.join(self.env.get("HOME", "~"), ".claude")
+        return Path(config).expanduser() / "projects"
+
+    def _new_conversation_folder(self) -> str | None:
         # --resume finds a session only from the folder it was created in, so a conversation keeps its own folder.
-        folder = self.state_dir / "conversations" / uuid.uuid4().hex
-        folder.mkdir(mode=0o700, parents=True)
+        folder = self.state.path / "conversations" / f"{self.owner.tag}-{uuid.uuid4().hex}"
+        try:
+            folder.mkdir(mode=0o700, parents=True)
+        except OSError as exc:
+            self.state.failed(f"cannot make a conversation folder in {self.state.path}", exc)
+            return None
         return str(folder)
 
-    async def retire(self, process: ClaudeProcess) -> None:
-        """Stop a process that serves no run, and forget it."""
+    async def retire(self, process: ClaudeProcess, reason: ProxyError | None = None) -> None:
+        """Stop a process that serves no run, and forget it and the session files it still owns."""
         try:
-            await process.stop()
+            await process.stop(reason)
         finally:
             self.live.discard(process)
+            if process.footprint:
+                process.footprint.remove(self.projects)
             if process.bridge:
                 self.bridges.pop(process.bridge.secret, None)
                 process.bridge.close()
 
-    async def remove(self, processes: list[ClaudeProcess], folders: list[str]) -> None:
-        """Stop processes and delete conversation folders the session store let go of."""
+    async def remove(self, processes: list[ClaudeProcess], footprints: list[Footprint]) -> None:
+        """Stop processes and delete the conversations the session store let go of."""
         await asyncio.gather(*(self.retire(process) for process in processes))
-        for folder in folders:
-            shutil.rmtree(folder, ignore_errors=True)
+        for footprint in footprints:
+            footprint.remove(self.projects)
 
     async def stop_all(self) -> None:
         """Refuse new processes and stop every one."""
         self.closed = True
         reason = ShuttingDown("The run was stopped: the proxy is shutting down", retry_after=5)
-        await asyncio.gather(*(process.stop(reason) for process in list(self.live)), return_exceptions=True)
+        await asyncio.gather(*(self.retire(process, reason) for process in list(self.live)), return_exceptions=True)
 
 
 class LoginCheck:
@@ -2265,7 +2754,8 @@ class Runner:
                              self.processes.retire, self.background)
         self.parking = Parking(settings.tool_wait, settings.max_parked, self._stop_run, self.background)
         self.sessions = SessionStore(
-            self.processes.state_dir / "sessions.json", settings.max_live_sessions, settings.session_ttl
+            self.processes.state.path / "sessions.json", settings.max_live_sessions, settings.session_ttl,
+            self.processes.state,
         ) if settings.sessions else None
         self.limits = PlanLimits()
         self.login = LoginCheck(self.processes)
@@ -2279,6 +2769,12 @@ class Runner:
         """Processes kept for a conversation's next turn."""
         return sum(s.process is not None for s in self.sessions.sessions.values()) if self.sessions else 0
 
+    async def start(self) -> None:
+        """Before the first request: end and remove what proxies that are gone left behind, note the CLI's version."""
+        known = {session.cwd for session in self.sessions.sessions.values()} if self.sessions else None
+        await self.processes.sweep(known)
+        await self.processes.probe()
+
     # -- routing a conversation to a process
 
     async def open(self, conversation: Conversation, deadline: float) -> Run:
@@ -2291,13 +2787,14 @@ class Runner:
         prompt = build_prompt(conversation.turns, self.settings.system_prompt_mode)
         system = "\n\n".join(x for x in (prompt.system, conversation.tool_instruction) if x) or None
         launch = Launch(model=conversation.cli_model, system_prompt=system, cwd=self.settings.cwd or None,
-                        tools=conversation.tools, persist=self.sessions is not None, json_schema=conversation.schema)
+                        tools=conversation.tools, persist=self.sessions is not None and self.processes.state.usable,
+                        json_schema=conversation.schema)
         if found := self._find_session(conversation):
             key, start = found
             new_turns = conversation.turns[start:]
-            content = await user_content(build_prompt(new_turns, "append").text, new_turns, self.settings)
+            content = await user_content(build_prompt(new_turns, "append").text, new_turns, self.settings, deadline)
             return await self._continue_session(key, launch, content, conversation, deadline)
-        content = await user_content(prompt.text, conversation.turns, self.settings)
+        content = await user_content(prompt.text, conversation.turns, self.settings, deadline)
         await self.admission.acquire(deadline)
         try:
             process, route = self.pool.take(launch), "warm"
@@ -2332,11 +2829,11 @@ class Runner:
         session = self.sessions.sessions[found[0]]
         if session.process is not None and session.process.running():
             return found
-        env = self.processes.env
-        config = env.get("CLAUDE_CONFIG_DIR") or os.path.join(env.get("HOME", "~"), ".claude")
-        if any(Path(config).expanduser().glob(f"projects/*/{session.session_id}.jsonl")):
+        if any(self.processes.projects.glob(f"*/{session.session_id}.jsonl")):
             return found
         self.sessions.take(found[0])
+        self.background.start(self.processes.remove([session.process] if session.process else [],
+                                                    [session.footprint]))
         return None
 
     async def _continue_session(self, key: str, launch: Launch, content: list[dict[str, Any]],
@@ -2363,14 +2860,12 @@ class Runner:
         """The kept process, if it still runs and was started for the same model, system prompt, tools and schema
         (a conversation's key does not cover its tools or schema); else one resuming the session from disk."""
         kept = session.process
-        if kept is not None and kept.running() and launch.same_run(kept.launch):
-            return kept
-        if session.process is not None:
-            await self.processes.retire(session.process)
+        if kept is not None and not (kept.running() and launch.same_run(kept.launch)):
+            await self.processes.retire(kept)
             session.process = None
-        process = await self.processes.spawn(dataclasses.replace(launch, cwd=session.cwd, persist=True,
-                                                       resume=session.session_id))
-        process.owns_cwd = session.owned
+        process = session.process or await self.processes.spawn(
+            dataclasses.replace(launch, cwd=session.cwd, persist=True, resume=session.session_id))
+        process.footprint = session.footprint  # the conversation's files are the run's now, kept again with it
         return process
 
     async def _begin(self, process: ClaudeProcess, content: list[dict[str, Any]], conversation: Conversation,
@@ -2406,7 +2901,7 @@ class Runner:
 
     def _keepable(self, run: Run) -> bool:
         return (run.state is RunState.DONE and not run.failed and self.sessions is not None and not self.closed
-                and run.process.alive and run.interpreter.session_id is not None
+                and run.process.alive and run.process.footprint is not None and run.interpreter.session_id is not None
                 and not run.answer.of_kind("tool_call"))
 
     async def _keep(self, run: Run) -> None:
@@ -2416,12 +2911,13 @@ class Runner:
         assert run.interpreter.session_id is not None
         reply = Turn("assistant", run.answer.text)
         key = prefix_keys(run.conversation.model, (*run.conversation.turns, reply))[-1]
-        process, live = run.process, not self.settings.max_budget_usd
+        process, live, footprint = run.process, not self.settings.max_budget_usd, run.process.footprint
+        assert footprint is not None
         if not live:
             await process.finish()  # the CLI writes the transcript --resume reads as it exits
-        session = Session(run.interpreter.session_id, process.cwd, process.owns_cwd, time.time(),
+        session = Session(run.interpreter.session_id, footprint.folder, footprint.owned, time.time(),
                           process if live else None)
-        process.owns_cwd = False
+        process.footprint = None
         run.state = RunState.KEPT
         self._remember(key, session)
         if not live:
@@ -2440,9 +2936,14 @@ class Runner:
         interval = max(0.2, min(self.settings.pool_idle_ttl / 2, 30.0))
         while True:
             await asyncio.sleep(interval)
-            await self.pool.expire()
-            if self.sessions:
-                await self.processes.remove(*self.sessions.expire(self.settings.pool_idle_ttl))
+            try:
+                await self.pool.expire()
+                if self.sessions:
+                    await self.processes.remove(*self.sessions.expire(self.settings.pool_idle_ttl))
+                    if not self.processes.state.usable:
+                        self.processes.state.check()
+            except Exception:  # one bad round must not end maintenance for good
+                logger.exception("maintenance failed; trying again in %.0f s", interval)
 
     async def stop_all(self) -> None:
         """Refuse new runs and stop every process (shutdown)."""
@@ -2451,7 +2952,7 @@ class Runner:
         await self.processes.stop_all()
 
 
-# ── 9. HTTP plumbing: guards, logging, bodies, the stream driver ─────────
+# ── 12. HTTP plumbing: guards, logging, bodies, the stream driver ─────────────
 
 
 def app_state(request: Request) -> tuple[Settings, Runner]:
@@ -2642,14 +3143,41 @@ async def read_json(request: Request, max_bytes: int) -> Any:
     if length.isdigit() and int(length) > max_bytes:
         raise PayloadTooLarge(f"The request body is larger than PROXY_MAX_BODY_BYTES ({max_bytes} bytes)")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_bytes:
-            raise PayloadTooLarge(f"The request body is larger than PROXY_MAX_BODY_BYTES ({max_bytes} bytes)")
     try:
-        return json.loads(body)
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > max_bytes:
+                raise PayloadTooLarge(f"The request body is larger than PROXY_MAX_BODY_BYTES ({max_bytes} bytes)")
+    except ClientDisconnect:  # gone, or closed for sending too slowly (PROXY_READ_TIMEOUT)
+        raise ClientGone("The client went away before sending the whole body") from None
+    try:
+        parsed = json.loads(body)
     except (ValueError, RecursionError) as exc:
         raise InvalidRequest(f"The request body is not valid JSON: {str(exc)[:200]}") from None
+    if MAYBE_UNSENDABLE.search(body) and unsendable(parsed):
+        raise InvalidRequest("The request body holds a NUL character or an unpaired surrogate (\\u0000, \\ud800…), "
+                             "which no text sent to Claude Code can carry")
+    return parsed
+
+
+# JSON escapes or UTF-8 bytes that may stand for a NUL or a surrogate: only a body holding one is walked.
+MAYBE_UNSENDABLE = re.compile(rb"\\u0000|\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
+UNSENDABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def unsendable(value: Any) -> bool:
+    """Whether a parsed JSON value has a NUL or an unpaired surrogate in a string: neither can reach the CLI (argv
+    refuses NUL, UTF-8 has no surrogates), nor be echoed back."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str) and UNSENDABLE.search(item):
+            return True
+        if isinstance(item, dict):
+            stack += [*item.keys(), *item.values()]
+        elif isinstance(item, list):
+            stack += item
+    return False
 
 
 def parse_body(model: type[ModelT], body: Any) -> ModelT:
@@ -2662,14 +3190,28 @@ def parse_body(model: type[ModelT], body: Any) -> ModelT:
         raise validation_error(exc) from None
 
 
+def bearer_token(request: Request) -> str | None:
+    authorization = request.headers.get("authorization", "")
+    return authorization[7:].strip() if authorization[:7].lower() == "bearer " else None
+
+
 def check_token(request: Request, token: str) -> None:
     """Require the configured token as a bearer token or x-api-key; compared in constant time."""
     if not token:
         return
-    bearer = request.headers.get("authorization", "")
-    offered = bearer[7:].strip() if bearer[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
+    offered = bearer_token(request) or request.headers.get("x-api-key", "")
     if not hmac.compare_digest(offered.encode(), token.encode()):
         raise Unauthorized("Missing or invalid API key: send 'Authorization: Bearer <CLAUDE_PROXY_TOKEN>'")
+
+
+async def read_run_body(request: Request) -> Any:
+    """The JSON body of a request that starts a run, refused before a byte of it is read when the token is wrong,
+    every run slot and place in line is taken (429), or its Content-Length is over the limit (413): a refused
+    request costs no memory for its body."""
+    settings, runner = app_state(request)
+    check_token(request, settings.token)
+    runner.admission.check()
+    return await read_json(request, settings.max_body_bytes)
 
 
 async def wait_for_disconnect(request: Request) -> None:
@@ -2677,7 +3219,7 @@ async def wait_for_disconnect(request: Request) -> None:
         pass
 
 
-async def until_disconnect(request: Request, work: Awaitable[Answer]) -> Answer | None:
+async def until_disconnect(request: Request, work: Awaitable[T]) -> T | None:
     """`work`'s result, or None if the client went away first (then `work` is cancelled, stopping its run)."""
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(wait_for_disconnect(request))
@@ -2723,13 +3265,15 @@ async def open_run(request: Request, conversation: Conversation) -> Run:
     """A run for the conversation that has started answering (or failed with an HTTP status): see Run.prime.
 
     Nothing starts while the day's budget is spent or a plan limit is known to be reached; after the limit's reset,
-    one trial request finds out (by the time its answer starts, Claude Code has said whether it is refused)."""
+    one trial request finds out (by the time its answer starts, Claude Code has said whether it is refused). A client
+    that goes away meanwhile (waiting in line, or for the first answer) takes its request with it."""
     settings, runner = app_state(request)
     started = request.scope.setdefault("state", {}).setdefault("started", time.monotonic())
     log_fields(request.scope)["conversation"] = conversation.opening_key
     check_budget(settings, app_ledger(request))
     trial = runner.limits.admit(time.time())
-    try:
+
+    async def opened() -> Run:
         run = await runner.open(conversation, started + settings.timeout)
         log_fields(request.scope)["route"] = run.route
         try:
@@ -2737,9 +3281,15 @@ async def open_run(request: Request, conversation: Conversation) -> Run:
         except BaseException:
             await run.close()
             raise
+        return run
+
+    try:
+        run = await until_disconnect(request, opened())
     finally:
         if trial:
             runner.limits.end_trial(time.time())
+    if run is None:
+        raise ClientGone("The client went away before its run started")
     return run
 
 
@@ -2866,7 +3416,7 @@ def sse(payload: dict[str, Any], event: str | None = None) -> str:
     return f"event: {event}\n{data}" if event else data
 
 
-# ── 10. OpenAI Chat Completions: parser, renderer, handler ────────────────
+# ── 13. OpenAI Chat Completions: parser, renderer, handler ────────────────────
 # https://platform.openai.com/docs/api-reference/chat/create
 
 
@@ -3157,7 +3707,7 @@ async def chat_completion(request: Request, body: dict[str, Any]) -> Response:
     return await answer_as_chat(request, chat_conversation(req, settings), req.stream, include_usage)
 
 
-# ── 11. OpenAI Responses: parser, renderer, handler ───────────────────────
+# ── 14. OpenAI Responses: parser, renderer, handler ───────────────────────────
 # https://platform.openai.com/docs/api-reference/responses/create — Codex, the Vercel AI SDK, the Agents SDK.
 
 
@@ -3451,8 +4001,7 @@ def response_store(request: Request) -> ResponseStore:
 async def create_response(request: Request) -> Response:
     """POST /v1/responses: a Claude Code run answering a Responses request, streamed as events or as one object."""
     settings, _ = app_state(request)
-    check_token(request, settings.token)
-    req = parse_body(ResponsesRequest, await read_json(request, settings.max_body_bytes))
+    req = parse_body(ResponsesRequest, await read_run_body(request))
     log_fields(request.scope).update(model=req.model, stream=req.stream)  # known even if the model is refused
     conversation = responses_conversation(req, settings, response_store(request))
     renderer = ResponsesRenderer(req, conversation, response_store(request))
@@ -3471,7 +4020,7 @@ async def cursor_completion(request: Request, body: dict[str, Any]) -> Response:
     return await answer_as_chat(request, conversation, req.stream, include_usage)
 
 
-# ── 12. Anthropic Messages: parser, renderer, handlers ────────────────────
+# ── 15. Anthropic Messages: parser, renderer, handlers ────────────────────────
 # https://docs.anthropic.com/en/api/messages — the Anthropic SDKs, ANTHROPIC_BASE_URL clients, agents.
 
 
@@ -3647,8 +4196,7 @@ class MessagesRenderer:
 async def create_message(request: Request) -> Response:
     """POST /v1/messages: a Claude Code run answering a Messages request, streamed as events or as one message."""
     settings, _ = app_state(request)
-    check_token(request, settings.token)
-    req = parse_body(MessagesRequest, await read_json(request, settings.max_body_bytes))
+    req = parse_body(MessagesRequest, await read_run_body(request))
     log_fields(request.scope).update(model=req.model, stream=req.stream)  # known even if the model is refused
     conversation = messages_conversation(req, settings)
     renderer = MessagesRenderer(req.model)
@@ -3672,7 +4220,7 @@ async def count_tokens(request: Request) -> dict[str, int]:
     return {"input_tokens": max(1, math.ceil(characters / 4)) + images * TOKENS_PER_IMAGE}
 
 
-# ── 13. Usage views: /v1/usage, /metrics, /status ─────────────────────────
+# ── 16. Usage views: /v1/usage, /metrics, /status ─────────────────────────────
 # What the ledger, the plan's limits and the Runner know: for programs (JSON, Prometheus) and for people (a page).
 
 TTFT_BUCKETS = (0.25, 0.5, 1, 2, 3, 5, 8, 13, 21, 34, 60)
@@ -3990,7 +4538,7 @@ async def status_logout(request: Request) -> Response:
     return response
 
 
-# ── 14. The app: health, models, the MCP bridge, routes ──────────────────
+# ── 17. The app: health, models, the MCP bridge, routes ───────────────────────
 
 
 def model_card(model_id: str) -> dict[str, Any]:
@@ -4009,8 +4557,13 @@ async def health(request: Request) -> dict[str, Any]:
     else:
         login = await runner.login.current()
         claude["login"] = {k: login.get(k) for k in ("logged_in", "method", "provider", "subscription", "error")}
-    return {"status": "ok" if claude_bin else "unavailable", "service": "claude-code-openai-proxy",
-            "version": __version__, "claude": claude, "pool": {"idle": runner.pool.idle_count}}
+    state = runner.processes.state
+    status = "unavailable" if not claude_bin else "degraded" if runner.sessions and not state.usable else "ok"
+    return {"status": status, "service": "claude-code-openai-proxy", "version": __version__, "claude": claude,
+            "pool": {"idle": runner.pool.idle_count},
+            "runs": {"running": runner.admission.running, "queued": runner.admission.queued,
+                     "awaiting_tools": runner.parking.count},
+            "state": {"path": str(state.path), "usable": state.usable, "error": state.error}}
 
 
 async def model_ids(request: Request) -> list[str]:
@@ -4031,10 +4584,11 @@ async def get_model(model_id: str, request: Request) -> dict[str, Any]:
     return model_card(model_id)
 
 
-async def mcp_endpoint(secret: str, request: Request) -> Response:
-    # Claude Code's MCP client calls back here for the client's tools; the unguessable path is the credential.
+async def mcp_endpoint(request: Request) -> Response:
+    # Claude Code's MCP client calls back here for the client's tools, with its bridge's secret as a bearer token
+    # (from its --mcp-config file: a secret in the URL would be on argv, visible to every user in ps).
     settings, runner = app_state(request)
-    bridge = runner.processes.bridges.get(secret)
+    bridge = runner.processes.bridges.get(bearer_token(request) or "")
     if bridge is None:
         raise NotFound("No such tool bridge")
     message = await read_json(request, settings.max_body_bytes)
@@ -4044,9 +4598,7 @@ async def mcp_endpoint(secret: str, request: Request) -> Response:
 
 async def chat_completions(request: Request) -> Response:
     """POST /v1/chat/completions, in the Chat Completions shape or, from Cursor, the Responses shape."""
-    settings, _ = app_state(request)
-    check_token(request, settings.token)
-    body = await read_json(request, settings.max_body_bytes)
+    body = await read_run_body(request)
     if isinstance(body, dict) and "input" in body and "messages" not in body:
         return await cursor_completion(request, body)
     return await chat_completion(request, body)
@@ -4056,12 +4608,12 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     """The FastAPI app; its state (settings, the Runner, the ledger, the metrics) lives on app.state."""
     runner = Runner(settings, os.environ if environ is None else environ)
     keep_ledger = settings.usage_retention_days > 0
-    ledger = Ledger(runner.processes.state_dir / LEDGER_FILE if keep_ledger else None, settings.usage_retention_days)
+    ledger = Ledger(runner.processes.state.path / LEDGER_FILE if keep_ledger else None, settings.usage_retention_days)
     metrics = Metrics(runner, ledger)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await asyncio.gather(runner.processes.probe(), ledger.open())
+        await asyncio.gather(runner.start(), ledger.open())
         maintenance = asyncio.create_task(runner.maintain())
         yield
         maintenance.cancel()
@@ -4093,7 +4645,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     app.add_api_route("/status", status_page, methods=["GET"])
     app.add_api_route("/status/login", status_login, methods=["POST"])
     app.add_api_route("/status/logout", status_logout, methods=["POST"])
-    app.add_api_route("/mcp/{secret}", mcp_endpoint, methods=["POST"])
+    app.add_api_route("/mcp", mcp_endpoint, methods=["POST"])
     for path in ("/v1/chat/completions", "/chat/completions"):
         app.add_api_route(path, chat_completions, methods=["POST"])
     for path in ("/v1/responses", "/responses"):
@@ -4104,7 +4656,93 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     return app
 
 
-# ── 15. Entry point ─────────────────────────────────────────────────────
+# ── 18. Entry point: the server, against slow and numerous connections ────────
+# uvicorn closes idle keep-alive connections (after 5 s) and refuses headers over 16 KiB (h11), but waits forever for
+# a request that is still arriving, and accepts connections until the process runs out of file descriptors.
+
+
+class ServerConfig(uvicorn.Config):
+    """uvicorn's settings plus the limits GuardedProtocol reads."""
+
+    def __init__(self, app: Any, settings: Settings, **kwargs: Any) -> None:
+        super().__init__(app, http=GuardedProtocol, **kwargs)
+        self.read_timeout = settings.read_timeout
+        self.max_connections = settings.max_connections
+
+
+class GuardedProtocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, with a connection cap (connections beyond PROXY_MAX_CONNECTIONS are closed as they
+    arrive) and a deadline for each request's headers and body (PROXY_READ_TIMEOUT from the connection's opening or
+    from the previous response's end), past which the connection is closed: slow clients cannot hold the proxy."""
+
+    _deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[arg-type]
+        limits = typing.cast(ServerConfig, self.config)
+        if len(self.connections) > limits.max_connections:
+            connections_logger.warning("closed a new connection: %d are open (PROXY_MAX_CONNECTIONS)",
+                                       len(self.connections) - 1)
+            self.transport.close()
+            return
+        self._arm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        """The next request must be received in full within the read timeout."""
+        if self._deadline is not None:
+            self._deadline.cancel()
+        if not self.transport.is_closing():
+            timeout = typing.cast(ServerConfig, self.config).read_timeout
+            self._deadline = self.loop.call_later(timeout, self._read_expired, self.cycle)
+
+    def _read_expired(self, cycle_before: Any) -> None:
+        received = self.cycle is not None and self.cycle is not cycle_before and not self.cycle.more_body
+        if not received and not self.transport.is_closing():
+            connections_logger.warning("closed a connection that did not send its request within %.0f s "
+                                       "(PROXY_READ_TIMEOUT)", typing.cast(ServerConfig, self.config).read_timeout)
+            self.transport.close()
+
+
+class Throttle(logging.Filter):
+    """At most one record of each message per `window` seconds, the next one saying how many were held back: a flood
+    of bad connections must not fill the disk with log lines."""
+
+    def __init__(self, window: float = 10.0) -> None:
+        super().__init__()
+        self.window = window
+        self.last: dict[str, float] = {}
+        self.held: dict[str, int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key, now = f"{record.name}:{record.msg}", time.monotonic()
+        if now - self.last.get(key, -math.inf) < self.window:
+            self.held[key] = self.held.get(key, 0) + 1
+            return False
+        if len(self.last) > 1000:  # messages are few; this only bounds what a stream of distinct ones could hold
+            self.last.clear()
+        self.last[key] = now
+        if held := self.held.pop(key, 0):
+            record.msg = f"{record.msg} [{held} more like this in the last {self.window:.0f} s]"
+        return True
+
+
+def allow_open_files(wanted: int) -> None:
+    """Raise the soft limit on open files towards `wanted` as far as the hard limit allows: macOS starts processes
+    with 256, which PROXY_MAX_CONNECTIONS connections and the CLIs' pipes would exhaust before the cap is reached."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted if hard == resource.RLIM_INFINITY
+                                                        else min(wanted, hard), hard))
 
 
 class ProxyServer(uvicorn.Server):
@@ -4122,15 +4760,22 @@ class ProxyServer(uvicorn.Server):
 def main(argv: list[str] | None = None) -> None:
     settings = load_settings(argv)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if token_on_argv(sys.argv[1:] if argv is None else argv):
+        logger.warning("the token given as --token can be read by every user of this machine (ps); "
+                       "set CLAUDE_PROXY_TOKEN or CLAUDE_PROXY_TOKEN_FILE instead")
     if not is_loopback(settings.host) and not settings.token:
         sys.exit(
             f"Refusing to listen on {settings.host} without a token: Claude Code runs shell commands for anyone who "
             "can reach this port. Set CLAUDE_PROXY_TOKEN (or --token) to a long random secret, or listen on "
             "127.0.0.1."
         )
+    allow_open_files(2 * settings.max_connections + 256)  # connections, plus 3 pipes per CLI and its files
     app = create_app(settings)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                            access_log=False, timeout_graceful_shutdown=5)
+    config = ServerConfig(app, settings, host=settings.host, port=settings.port, log_level=settings.log_level,
+                          access_log=False, timeout_graceful_shutdown=5)
+    throttle = Throttle()  # after uvicorn has set up its loggers
+    for name in ("uvicorn.error", "asyncio", connections_logger.name):
+        logging.getLogger(name).addFilter(throttle)
     ProxyServer(config, app.state.runner).run()
 
 

@@ -16,9 +16,10 @@ No traffic leaves 127.0.0.1, so what is measured is the CLI's and the proxy's ow
        total = the process has exited;
    (b) the proxy with CLAUDE_POOL_SIZE=0 (a cold CLI per request), streamed: time to first token = the first SSE
        chunk with non-empty delta.content, total = `data: [DONE]`;
-   (c) the proxy with the warm pool on (CLAUDE_POOL_SIZE=2 by default). Its warm-up request starts cold and teaches
-       the pool; before each measured request the bench waits until GET / reports the pool full and the pre-started
-       processes have gone quiet (start-up done), as a user's think time would allow;
+   (c) the proxy with the warm pool on (CLAUDE_POOL_SIZE=2 by default). Its warm-up round asks twice, cold, which
+       teaches the pool (a configuration is pre-started for from its second use); before each measured request the
+       bench waits until GET / reports the pool full and the pre-started processes have gone quiet (start-up done),
+       as a user's think time would allow;
    (w) for reference, no proxy: a CLI started in advance with --input-format=stream-json, then one message written
        to its stdin, timed from the write: the floor for (c).
    Before every run all processes of the bench are left to go quiet, so one run's clean-up does not slow the next.
@@ -41,6 +42,14 @@ No traffic leaves 127.0.0.1, so what is measured is the CLI's and the proxy's ow
 3. Memory: --streams concurrent streamed requests that drip their answers so they overlap (CLAUDE_MAX_CONCURRENCY
    is raised to match); the proxy process's own peak RSS (children excluded) is sampled while they run. Each CLI
    process takes ~300 MB, so 16 streams need ~5 GB of free memory.
+
+4. Soak (only with --soak SECONDS, e.g. 300; the other parts are then left out): a bounded loop of mixed requests
+   from --soak-clients threads against one proxy (warm pool and sessions on, short TTLs so that expiry happens within
+   the run): plain and streamed answers, conversations that go on, client tool round trips, Bash tool runs,
+   distinct system prompts, API errors, requests abandoned while queued or answering. Every --soak-every seconds it
+   samples the proxy's RSS, open files, child processes, conversation folders, transcripts and private folders;
+   the report shows their course, the requests by kind and the unexpected errors (there should be none), and what
+   is left once the proxy has been idle.
 
 Every process the bench starts is stopped at the end, and the bench checks that none is left.
 """
@@ -548,7 +557,9 @@ class Bench:
             got = {"a": self.counted("a", windows, lambda: self.cli().ask(PROMPT))}
             self.quiet()
             got["b"] = self.counted("b", windows, lambda: stream_proxy(cold.http, cold.url, PROMPT))
-            state = self.wait_pool(warm) if i else "cold (teaches the pool)"
+            if not i:  # the pool starts processes for a configuration once it is used a second time
+                stream_proxy(warm.http, warm.url, PROMPT)
+            state = self.wait_pool(warm) if i else "cold, used twice (teaches the pool)"
             got["c"] = self.counted("c", windows, lambda: stream_proxy(warm.http, warm.url, PROMPT))
             self.quiet()
             got["w"] = self.counted("w", windows, lambda cli=waiting: cli.ask(PROMPT, last=False))
@@ -726,6 +737,22 @@ class Bench:
         log(f"  {streams} streams: at most {peak['streaming']} streaming at once, proxy RSS "
             f"{rss_idle / mib:.1f} -> peak {peak['rss'] / mib:.1f} MiB")
 
+    # 4. soak
+
+    def soak(self) -> None:
+        env = {**self.env, "CLAUDE_BIN": self.claude, "CLAUDE_POOL_SIZE": "2", "CLAUDE_SESSIONS": "1",
+               "CLAUDE_MAX_CONCURRENCY": "4", "CLAUDE_MAX_QUEUE": "8", "CLAUDE_SESSION_TTL": "30",
+               "CLAUDE_POOL_IDLE_TTL": "20", "CLAUDE_TOOL_WAIT": "30", "CLAUDE_CODE_MAX_RETRIES": "0",
+               "PROXY_LOG_LEVEL": "warning",
+               "TMPDIR": str(self.root / "runs"), "CLAUDE_STATE_DIR": str(self.root / "state")}
+        proxy = Proxy("soak", env, self.root / "proxy-soak.log", Path(self.args.main))
+        self.proxies.append(proxy)
+        proxy.wait_ready()
+        soak = Soak(proxy, self.root, self.args.soak)
+        soak.run(self.args.soak_clients, self.args.soak_every)
+        self.results["soak"] = soak.results()
+        log(f"  {sum(soak.counts.values())} requests, {len(soak.errors)} unexpected errors")
+
     # clean-up
 
     def stop(self) -> list[str]:
@@ -753,6 +780,115 @@ class Bench:
                     names.append(" ".join(child.cmdline())[:200])
                     child.kill()
         return names
+
+
+class Soak:
+    """Mixed requests against one proxy until a deadline (bounded: each request has a timeout, the loop an end), and
+    samples of what the proxy holds. Loopback only: the proxy, the CLIs and the fake API all run on this machine."""
+
+    KINDS = ("plain", "stream", "conversation", "tools", "bash", "distinct", "error", "abandoned")
+    TOOL = {"type": "function", "function": {"name": "get_time", "description": "The time",
+                                             "parameters": {"type": "object", "properties": {}}}}
+
+    def __init__(self, proxy: Proxy, root: Path, seconds: float) -> None:
+        self.proxy, self.root, self.seconds = proxy, root, seconds
+        self.counts: dict[str, int] = dict.fromkeys(self.KINDS, 0)
+        self.errors: list[str] = []
+        self.samples: list[dict[str, float]] = []
+        self.lock = threading.Lock()
+        self.end = 0.0
+
+    def run(self, clients: int, every: float) -> None:
+        start = time.monotonic()
+        self.end = start + self.seconds
+        self.sample(start)
+        workers = [threading.Thread(target=self.client, args=(i,), daemon=True) for i in range(clients)]
+        for worker in workers:
+            worker.start()
+        while time.monotonic() < self.end:
+            time.sleep(min(every, max(0.0, self.end - time.monotonic())))
+            self.sample(start)
+        for worker in workers:
+            worker.join(REQUEST_TIMEOUT + 30)
+        time.sleep(60)  # idle past the session and pool TTLs (30 s, 20 s; checked every 10 s): what expiry leaves
+        self.sample(start)
+
+    def sample(self, start: float) -> None:
+        ps, mib = self.proxy.ps, 1 << 20
+        with contextlib.suppress(psutil.Error):
+            children = ps.children(recursive=True)
+            conversations = self.root / "state" / "conversations"
+            self.samples.append({
+                "t": time.monotonic() - start, "rss_mib": ps.memory_info().rss / mib, "open_files": ps.num_fds(),
+                "children": len(ps.children()), "descendants": len(children),
+                "conversations": len(list(conversations.iterdir())) if conversations.is_dir() else 0,
+                "transcripts": len(list((self.root / "home/.claude/projects").glob("*/*.jsonl"))),
+                "private_folders": len(list((self.root / "runs").glob("claude-proxy-*"))),
+                "health": float(self.proxy.http.get(self.proxy.url + "/", timeout=10).status_code == 200),
+            })
+
+    def client(self, number: int) -> None:
+        i = 0
+        with httpx.Client(timeout=REQUEST_TIMEOUT, trust_env=False) as http:
+            while time.monotonic() < self.end:
+                kind = self.KINDS[(number + i) % len(self.KINDS)]
+                i += 1
+                try:
+                    getattr(self, kind)(http, f"c{number}-{i}")
+                    with self.lock:
+                        self.counts[kind] += 1
+                except Exception as exc:  # noqa: BLE001 - counted and reported
+                    with self.lock:
+                        self.errors.append(f"{kind}: {type(exc).__name__}: {str(exc)[:200]}")
+
+    def chat(self, http: httpx.Client, messages: list[dict[str, Any]], expect: int = 200,
+             **extra: Any) -> dict[str, Any]:
+        response = http.post(self.proxy.url + "/v1/chat/completions",
+                             json={"model": MODEL, "messages": messages, **extra})
+        if response.status_code != expect:
+            raise RuntimeError(f"status {response.status_code}: {response.text[:200]}")
+        return response.json()
+
+    def plain(self, http: httpx.Client, tag: str) -> None:
+        self.chat(http, [{"role": "user", "content": f"[[reply:{tag}]] hi"}])
+
+    def stream(self, http: httpx.Client, tag: str) -> None:
+        if "".join(stream_proxy(http, self.proxy.url, f"[[reply:{tag} streamed]]").text) != f"{tag} streamed":
+            raise RuntimeError("the streamed answer came back altered")
+
+    def conversation(self, http: httpx.Client, tag: str) -> None:
+        history: list[dict[str, Any]] = []
+        for turn in range(3):
+            history.append({"role": "user", "content": f"[[reply:{tag}-{turn}]] turn {turn}"})
+            answer = self.chat(http, history)["choices"][0]["message"]["content"]
+            history.append({"role": "assistant", "content": answer})
+
+    def tools(self, http: httpx.Client, tag: str) -> None:
+        messages: list[dict[str, Any]] = [{"role": "user", "content": f"[[tool:get_time]] {tag}"}]
+        first = self.chat(http, messages, tools=[self.TOOL])["choices"][0]["message"]
+        messages += [first, *({"role": "tool", "tool_call_id": call["id"], "content": "noon"}
+                              for call in first.get("tool_calls") or [])]
+        if self.chat(http, messages, tools=[self.TOOL])["choices"][0]["message"]["content"] != "Tool said: noon":
+            raise RuntimeError("the tool round trip did not end with the tool's result")
+
+    def bash(self, http: httpx.Client, tag: str) -> None:
+        self.chat(http, [{"role": "user", "content": f"[[bash:echo {tag}]]"}])
+
+    def distinct(self, http: httpx.Client, tag: str) -> None:
+        self.chat(http, [{"role": "system", "content": f"It is {time.time()}."},
+                         {"role": "user", "content": f"[[reply:{tag}]]"}])
+
+    def error(self, http: httpx.Client, tag: str) -> None:
+        self.chat(http, [{"role": "user", "content": f"[[error:500]] {tag}"}], expect=502)
+
+    def abandoned(self, http: httpx.Client, tag: str) -> None:
+        with contextlib.suppress(httpx.TimeoutException):
+            http.post(self.proxy.url + "/v1/chat/completions", timeout=1.0, json={
+                "model": MODEL, "stream": True,
+                "messages": [{"role": "user", "content": f"[[slow:3]][[reply:{tag}]]"}]})
+
+    def results(self) -> dict[str, Any]:
+        return {"seconds": self.seconds, "requests": self.counts, "errors": self.errors, "samples": self.samples}
 
 
 def processes_under(folder: Path) -> Iterator[psutil.Process]:
@@ -831,6 +967,8 @@ def report(results: dict[str, Any]) -> str:
             "together (with the helper processes they start)",
             "",
         ]
+    if soak := results.get("soak"):
+        lines += soak_report(soak)
     lines.append("Processes left running: " + (", ".join(results["leftovers"]) or "none"))
     return "\n".join(lines)
 
@@ -876,6 +1014,23 @@ def report_extras(results: dict[str, Any]) -> list[str]:
             f"{warm['w_second_to_request_ms']['p90']:.1f}; first token - ttft_ms {warm['w_added_ms']['p50']:.1f}",
             "",
         ]
+
+
+def soak_report(soak: dict[str, Any]) -> list[str]:
+    samples = soak["samples"]
+    columns = ("rss_mib", "open_files", "children", "descendants", "conversations", "transcripts", "private_folders")
+    lines = [f"Soak, {soak['seconds']:.0f} s of mixed requests ("
+             + ", ".join(f"{kind} {count}" for kind, count in soak["requests"].items()) + "):",
+             "  " + f"{'time':>7}" + "".join(f"{name:>16}" for name in columns)]
+    for sample in samples:
+        label = "idle" if sample is samples[-1] else f"{sample['t']:.0f}s"
+        lines.append("  " + f"{label:>7}" + "".join(
+            f"{sample[name]:>16.1f}" if name == "rss_mib" else f"{sample[name]:>16.0f}" for name in columns))
+    during = samples[1:-1] or samples
+    peak = {name: max(s[name] for s in during) for name in columns}
+    lines += ["  peak during the run: " + ", ".join(f"{name} {peak[name]:.0f}" for name in columns),
+              f"  unexpected errors: {len(soak['errors'])}" + (f" (first: {soak['errors'][0]})" if soak["errors"]
+                                                               else ""), ""]
     return lines
 
 
@@ -893,6 +1048,10 @@ def main() -> int:
     parser.add_argument("--claude", metavar="PATH", help="the Claude Code CLI (default: $TEST_CLAUDE_BIN, else the pinned one)")
     parser.add_argument("--main", metavar="PATH", default=str(REPO / "main.py"),
                         help="the proxy to run (default: this checkout's main.py; e.g. another branch's copy)")
+    parser.add_argument("--soak", type=float, default=0, metavar="SECONDS",
+                        help="run only the soak, for this long (e.g. 300); see part 4 of the docstring")
+    parser.add_argument("--soak-clients", type=int, default=4, help="client threads of the soak (default 4)")
+    parser.add_argument("--soak-every", type=float, default=15, help="seconds between soak samples (default 15)")
     parser.add_argument("--json", metavar="PATH", help="also write every sample and the summary as JSON")
     parser.add_argument("--serve-fake-api", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -902,6 +1061,8 @@ def main() -> int:
         return 0
     if args.runs < 1 or args.pool_size < 1 or args.streams < 1 or args.long_words < 1:
         parser.error("--runs, --pool-size, --streams and --long-words must be at least 1")
+    if not 0 <= args.soak <= 3600 or args.soak_clients < 1 or args.soak_every <= 0:
+        parser.error("--soak takes 0 to 3600 seconds, --soak-clients at least 1, --soak-every more than 0")
 
     with tempfile.TemporaryDirectory(prefix="claude-proxy-bench-") as tmp:
         root = Path(tmp).resolve()
@@ -918,7 +1079,7 @@ def main() -> int:
         try:
             bench.start()
             log(f"fake Anthropic API at {bench.fake.base_url if bench.fake else '?'}; CLI {bench.version}")
-            parts: list[tuple[str, Callable[[], None]]] = [
+            parts: list[tuple[str, Callable[[], None]]] = [("soak", bench.soak)] if args.soak else [
                 ("latency", bench.latency), ("throughput", bench.throughput), ("memory", bench.memory)]
             for name, part in parts:
                 if name in args.skip:

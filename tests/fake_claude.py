@@ -7,6 +7,8 @@ tell: it reads one user message from stdin, then writes events. FAKE_CLAUDE_MODE
     reply          init, text deltas of FAKE_CLAUDE_TEXT (default "fake reply"), result (the default)
     exit           FAKE_CLAUDE_STDERR on stderr, exit code FAKE_CLAUDE_EXIT (default 1), nothing on stdout
     hang           init, then nothing until killed
+    tool           init, then a child in a session of its own, as the Bash tool runs commands (`python3 -c <sleep>
+                   FAKE_CLAUDE_TAG`), then nothing until killed
     huge           one text delta of FAKE_CLAUDE_BYTES characters, then the result
     garbage        non-JSON lines between the events of "reply"
     error_result   a result with is_error and api_error_status FAKE_CLAUDE_STATUS (default 500)
@@ -20,6 +22,7 @@ proxy probes for), one per line. Control requests on stdin are not understood: t
 
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -85,8 +88,11 @@ def main():
     if mode == "exit":
         print(os.environ.get("FAKE_CLAUDE_STDERR", "fake failure"), file=sys.stderr)
         return int(os.environ.get("FAKE_CLAUDE_EXIT", "1"))
-    if mode == "hang":
+    if mode in ("hang", "tool"):
         emit({"type": "system", "subtype": "init"})
+        if mode == "tool":
+            subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", os.environ.get("FAKE_CLAUDE_TAG", "")],
+                             start_new_session=True)
         time.sleep(3600)
         return 0
     if mode == "error_result":

@@ -78,7 +78,7 @@ def make_fake_proxy(tmp_path: Path, fake_claude_log: Path) -> Iterator[ProxyFact
     """Start proxies whose CLI is tests/fake_claude.py (FAKE_CLAUDE_MODE etc. as settings)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "CLAUDE"))}
     env.update(CLAUDE_BIN=FAKE_CLAUDE, FAKE_CLAUDE_LOG=str(fake_claude_log), CLAUDE_POOL_SIZE="0", CLAUDE_SESSIONS="0",
-               CLAUDE_STATE_DIR=str(tmp_path / "state"))
+               CLAUDE_STATE_DIR=str(tmp_path / "state"))  # not the developer's own state directory
     start, proxies = _factory(tmp_path, env)
     yield start
     _stop_all(proxies, tmp_path / "runs")

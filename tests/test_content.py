@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import zlib
 
 import openai
 import pytest
@@ -94,7 +95,7 @@ def test_image_urls_are_fetched_only_when_allowed(make_proxy, fake_api, tmp_path
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_port}/cat.png"
     try:
-        client = make_proxy(claude_fetch_images=1).client()
+        client = make_proxy(claude_fetch_images=1, claude_fetch_allowed_networks="127.0.0.0/8").client()
         client.chat.completions.create(model="claude-code", messages=[
             {"role": "user", "content": [{"type": "text", "text": "look"},
                                          {"type": "image_url", "image_url": {"url": url}}]}])
@@ -113,3 +114,173 @@ def test_long_silence_gets_keepalive_chunks(make_proxy) -> None:
              and c.choices[0].delta.role is None and c.choices[0].finish_reason is None]
     assert len(empty) >= 3
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).startswith("I'll run a command.")
+
+
+# ── fetching image URLs: public addresses only, bounded in time and size, one answer for every failure ──
+
+
+class ImageServer:
+    """A local HTTP server whose paths answer as `routes` says: path -> (status, headers, body) or a callable
+    writing the response itself. `hits` lists the paths asked for."""
+
+    def __init__(self, routes: dict, host: str = "127.0.0.1") -> None:
+        import http.server
+        import threading
+
+        self.hits: list[str] = []
+        server_self = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                server_self.hits.append(self.path)
+                route = routes.get(self.path, (404, {}, b"no"))
+                if callable(route):
+                    route(self)
+                    return
+                status, headers, body = route
+                self.send_response(status)
+                for name, value in {"Content-Length": str(len(body)), **headers}.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer((host, 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://{host}:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+PNG = {"Content-Type": "image/png"}
+
+
+def fetch(url: str, allowed: str = "127.0.0.0/8", deadline: float = 20, max_bytes: int = 1 << 20) -> dict:
+    import asyncio
+    import time
+
+    settings = main.Settings(fetch_images=True, fetch_allowed_networks=allowed, max_image_bytes=max_bytes)
+    where = "messages[0].content[0]"
+    return asyncio.run(asyncio.wait_for(main.fetch_image(url, where, settings, time.monotonic() + deadline), 30))
+
+
+def refusal(url: str, **kwargs) -> str:
+    with pytest.raises(main.InvalidRequest) as raised:
+        fetch(url, **kwargs)
+    assert raised.value.param == "messages[0].content[0]"
+    return raised.value.message
+
+
+def test_private_addresses_are_refused_unless_allowed() -> None:
+    server = ImageServer({"/cat.png": (200, PNG, tiny_png())})
+    try:
+        port = server.server.server_port
+        assert fetch(server.url + "/cat.png")["source"]["media_type"] == "image/png"  # allowed: 127.0.0.0/8
+        assert server.hits == ["/cat.png"]
+        for url in (server.url + "/cat.png", f"http://localhost:{port}/cat.png", f"http://[::ffff:127.0.0.1]:{port}/",
+                    "http://169.254.169.254/latest/meta-data/", "http://10.0.0.1/x.png", "http://[::1]/x.png"):
+            assert "public" in refusal(url, allowed="")
+        assert server.hits == ["/cat.png"], "nothing private was asked for"
+    finally:
+        server.close()
+
+
+def test_each_redirect_is_checked() -> None:
+    other = ImageServer({"/cat.png": (200, PNG, tiny_png())}, host="127.0.0.2")
+    server = ImageServer({
+        "/to-other": (302, {"Location": other.url + "/cat.png"}, b""),
+        "/relative": (301, {"Location": "/cat.png"}, b""),
+        "/cat.png": (200, PNG, tiny_png()),
+        "/loop": (302, {"Location": "/loop"}, b""),
+        "/to-file": (302, {"Location": "file:///etc/passwd"}, b""),
+    })
+    try:
+        assert fetch(server.url + "/relative", allowed="127.0.0.1/32")["type"] == "image"
+        refusal(server.url + "/to-other", allowed="127.0.0.1/32")
+        assert other.hits == [], "the hop to a refused address was never made"
+        assert fetch(server.url + "/to-other", allowed="127.0.0.0/8")["type"] == "image"
+        assert other.hits == ["/cat.png"]
+        refusal(server.url + "/loop")
+        assert server.hits.count("/loop") == 6  # IMAGE_REDIRECTS hops, then it gives up
+        refusal(server.url + "/to-file")
+    finally:
+        server.close()
+        other.close()
+
+
+def test_a_compressed_bomb_is_cut_off_while_it_streams() -> None:
+    import tracemalloc
+
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+    bomb = b"".join(packer.compress(bytes(1 << 20)) for _ in range(256)) + packer.flush()  # 256 MiB of zeros
+    server = ImageServer({"/bomb.png": (200, {**PNG, "Content-Encoding": "gzip"}, bomb),
+                          "/small.png": (200, {**PNG, "Content-Encoding": "gzip"}, zlib.compress(tiny_png(), wbits=31))})
+    try:
+        assert base64.b64decode(fetch(server.url + "/small.png")["source"]["data"]) == tiny_png()
+        tracemalloc.start()
+        message = refusal(server.url + "/bomb.png")
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert peak < 8 << 20, f"{peak >> 20} MiB were held for a 1 MiB limit"
+        assert "at most 1048576 bytes" in message
+    finally:
+        server.close()
+
+
+def test_a_slow_server_cannot_hold_a_request_past_its_deadline() -> None:
+    import time
+
+    def drip(handler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "image/png")
+        handler.end_headers()
+        try:
+            for _ in range(100):
+                handler.wfile.write(b"x")
+                handler.wfile.flush()
+                time.sleep(0.3)
+        except OSError:
+            pass
+
+    server = ImageServer({"/slow.png": drip})
+    try:
+        began = time.monotonic()
+        refusal(server.url + "/slow.png", deadline=1.5)
+        assert time.monotonic() - began < 5
+    finally:
+        server.close()
+
+
+def test_every_fetch_failure_reads_the_same() -> None:
+    import socket
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        closed_port = closed.getsockname()[1]
+    server = ImageServer({"/page": (200, {"Content-Type": "text/html"}, b"<html>"), "/big.png": (200, PNG, bytes(3000)),
+                          "/gone.png": (404, {}, b"no"), "/brotli.png": (200, {**PNG, "Content-Encoding": "br"}, b"x")})
+    try:
+        messages = {refusal(f"http://127.0.0.1:{closed_port}/x.png"), refusal("http://no-such-host.invalid/x.png"),
+                    refusal(server.url + "/page"), refusal(server.url + "/big.png", max_bytes=2000),
+                    refusal(server.url + "/gone.png"), refusal(server.url + "/brotli.png"),
+                    refusal(server.url + "/cat.png", allowed="")}
+        assert len({m.replace("2000", "1048576") for m in messages}) == 1, messages
+    finally:
+        server.close()
+
+
+def test_a_private_image_url_is_refused_before_the_real_cli_starts(make_proxy, fake_api) -> None:
+    server = ImageServer({"/cat.png": (200, PNG, tiny_png())})
+    try:
+        client = make_proxy(claude_fetch_images=1).client()
+        with pytest.raises(openai.BadRequestError, match="public"):
+            client.chat.completions.create(model="claude-code", messages=[{"role": "user", "content": [
+                {"type": "text", "text": "look"}, {"type": "image_url", "image_url": {"url": server.url + "/cat.png"}}]}])
+        assert server.hits == [] and fake_api.main_requests() == []
+    finally:
+        server.close()

@@ -253,3 +253,31 @@ def test_each_request_is_logged_once_without_prompt_text(make_fake_proxy) -> Non
     lines = [line for line in proxy.output().splitlines() if "model=claude-code" in line]
     assert len(lines) == 1 and "stream=False" in lines[0] and "input_tokens=6" in lines[0]
     assert "secret-prompt-words" not in proxy.output()
+
+
+def test_a_token_file_keeps_the_token_out_of_ps(make_fake_proxy, fake_claude_log, tmp_path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("tok-from-a-file\n")
+    proxy = make_fake_proxy(claude_proxy_token_file=token_file)
+    assert_error(httpx.post(proxy.url + CHAT, json=HELLO), 401)
+    headers = {"authorization": "Bearer tok-from-a-file"}
+    assert httpx.post(proxy.url + CHAT, json=HELLO, headers=headers, timeout=30).status_code == 200
+    assert "tok-from-a-file" not in " ".join(proxy.ps.cmdline())
+    [call] = fake_claude_calls(fake_claude_log)
+    assert not any(name.startswith("CLAUDE_PROXY_TOKEN") for name in call["env"])
+    flagged = make_fake_proxy("--token", "tok-on-argv")
+    assert "tok-on-argv" in " ".join(flagged.ps.cmdline()) and "can be read by every user" in flagged.output()
+    assert "can be read by every user" not in proxy.output()
+
+
+def test_token_file_errors_stop_the_start(tmp_path) -> None:
+    import main
+
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    for argv, environ in ((["--token-file", str(tmp_path / "missing")], {}), (["--token-file", str(empty)], {}),
+                          (["--token-file", str(empty)], {"CLAUDE_PROXY_TOKEN": "x"})):
+        with pytest.raises(SystemExit):
+            main.load_settings(argv, environ)
+    (tmp_path / "good").write_text("  secret  \nsecond line\n")
+    assert main.load_settings([], {"CLAUDE_PROXY_TOKEN_FILE": str(tmp_path / "good")}).token == "secret"

@@ -114,7 +114,7 @@ def test_the_session_store_is_bounded(tmp_path, monkeypatch) -> None:
                for i in range(4)]
     assert removed[0] == ([], []) and removed[1] == ([], [])
     assert removed[2] == ([processes[0]], [])
-    assert removed[3] == ([processes[1]], ["/d0"])
+    assert removed[3] == ([processes[1]], [main.Footprint("/d0", True, "s0")])
     assert sorted(store.sessions) == ["k1", "k2", "k3"]
     reloaded = main.SessionStore(tmp_path / "sessions.json", max_live=2, ttl=100)
     assert {k: s.session_id for k, s in reloaded.sessions.items()} == {"k1": "s1", "k2": "s2", "k3": "s3"}
@@ -122,8 +122,8 @@ def test_the_session_store_is_bounded(tmp_path, monkeypatch) -> None:
     assert oct((tmp_path / "sessions.json").stat().st_mode & 0o777) == "0o600"
     no_live = main.SessionStore(tmp_path / "other.json", max_live=0, ttl=100)
     assert no_live.keep("k", main.Session("s", "/d", False, 1.0, processes[0])) == ([processes[0]], [])
-    processes_gone, folders_gone = store.expire(idle_ttl=10**9)
-    assert (processes_gone, folders_gone) == ([processes[2], processes[3]], ["/d1", "/d2", "/d3"])
+    processes_gone, files_gone = store.expire(idle_ttl=10**9)
+    assert (processes_gone, [f.folder for f in files_gone]) == ([processes[2], processes[3]], ["/d1", "/d2", "/d3"])
     assert store.sessions == {}
 
 
@@ -156,7 +156,8 @@ def test_a_key_known_again_replaces_its_session_and_retires_the_old_one(tmp_path
     store = main.SessionStore(tmp_path / "sessions.json", max_live=4, ttl=100)
     first, second = object(), object()
     assert store.keep("same", main.Session("s1", "/d1", True, 1.0, first)) == ([], [])
-    assert store.keep("same", main.Session("s2", "/d2", True, 2.0, second)) == ([first], ["/d1"])
+    assert store.keep("same", main.Session("s2", "/d2", True, 2.0, second)) == ([first], [main.Footprint("/d1", True,
+                                                                                                       "s1")])
     assert store.sessions["same"].session_id == "s2"
 
 

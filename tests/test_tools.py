@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import types
+import os
 
 import httpx
 import openai
@@ -55,12 +57,15 @@ def test_unsupported_tools_and_choices_are_refused() -> None:
 
 def test_argv_for_a_bridged_run() -> None:
     launch = main.Launch(tools=main.bridge_tools(request(tools=[WEATHER])))
-    argv = main.build_argv("/bin/claude", main.Settings(), launch, mcp_url="http://127.0.0.1:1/mcp/s3")
-    config = json.loads(next(a for a in argv if a.startswith("--mcp-config="))[len("--mcp-config="):])
-    # alwaysLoad: the tools are never deferred behind Claude Code's tool search (test_forty_tools_... below)
-    assert config == {"mcpServers": {"tools": {"type": "http", "url": "http://127.0.0.1:1/mcp/s3", "alwaysLoad": True}}}
+    argv = main.build_argv("/bin/claude", main.Settings(), launch, mcp_config_file="/private/dir/.mcp-config.json")
+    assert "--mcp-config=/private/dir/.mcp-config.json" in argv
+    # alwaysLoad: the tools are never deferred behind Claude Code's tool search (test_forty_tools_... below); the
+    # bridge's secret travels as a header, in the file, never on argv
+    config = json.loads(main.mcp_config("http://127.0.0.1:1/mcp", "s3"))
+    assert config == {"mcpServers": {"tools": {"type": "http", "url": "http://127.0.0.1:1/mcp", "alwaysLoad": True,
+                                               "headers": {"Authorization": "Bearer s3"}}}}
     assert {"--strict-mcp-config", "--allowedTools=mcp__tools", "--tools="} <= set(argv)
-    kept = main.build_argv("/bin/claude", main.Settings(keep_builtin_tools=True), launch, mcp_url="http://x")
+    kept = main.build_argv("/bin/claude", main.Settings(keep_builtin_tools=True), launch, mcp_config_file="/f")
     assert "--tools=" not in kept
 
 
@@ -284,5 +289,73 @@ def test_required_tool_choice_reaches_the_system_prompt(make_proxy, fake_api) ->
 
 def test_the_bridge_rejects_unknown_secrets(make_proxy) -> None:
     proxy = make_proxy()
-    response = httpx.post(proxy.url + "/mcp/not-a-secret", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
-    assert response.status_code == 404 and "error" in response.json()
+    listing = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    for headers in ({}, {"Authorization": "Bearer not-a-secret"}, {"Authorization": "not-a-secret"}):
+        response = httpx.post(proxy.url + "/mcp", json=listing, headers=headers)
+        assert response.status_code == 404 and "error" in response.json()
+
+
+def test_the_bridge_secret_is_not_on_argv(make_proxy) -> None:
+    """Every user of the machine can read argv (ps); the secret goes in a mode-600 file in the run's private folder."""
+    proxy = make_proxy()
+    first = ask(proxy.client(), [{"role": "user", "content": "[[tool:get_time]]"}], tools=[TIME])
+    assert first.choices[0].finish_reason == "tool_calls"
+    [cli] = [p for p in proxy.children() if any(a.startswith("--mcp-config=") for a in p.cmdline())]
+    config_file = next(a for a in cli.cmdline() if a.startswith("--mcp-config="))[len("--mcp-config="):]
+    assert oct(os.stat(config_file).st_mode & 0o777) == "0o600"
+    server = json.loads(open(config_file).read())["mcpServers"]["tools"]
+    secret = server["headers"]["Authorization"].removeprefix("Bearer ")
+    assert len(secret) >= 24 and server["url"] == proxy.url + "/mcp"
+    everyone_sees = " ".join(" ".join(p.cmdline()) for p in [proxy.ps, *proxy.children()])
+    assert secret not in everyone_sees
+    tools = httpx.post(proxy.url + "/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+                       headers=server["headers"]).json()["result"]["tools"]
+    assert [t["name"] for t in tools] == ["get_time"]
+    assert secret not in proxy.output()
+
+
+def test_parked_runs_answer_only_to_their_own_conversation() -> None:
+    """A tool result naming another conversation's call id neither continues nor ends that conversation's run."""
+    settings = main.Settings()
+
+    def conversation(*messages: dict, model: str = "claude-code") -> main.Conversation:
+        return main.chat_conversation(ChatRequest.model_validate(
+            {"model": model, "messages": list(messages), "tools": [TIME]}), settings)
+
+    asked = {"role": "user", "content": "what time is it?"}
+    calls = {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "toolu_A", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}]}
+    result = {"role": "tool", "tool_call_id": "toolu_A", "content": "noon"}
+    run = main.Run(types.SimpleNamespace(billed=0.0), conversation(asked), 0.0, None)  # type: ignore[arg-type]
+    run.interpreter.awaiting = ("toolu_A",)
+    run.answer.blocks.append(main.Block("tool_call", "{}", call_id="toolu_A", name="get_time"))
+    parking = main.Parking(60, 4, None, None)  # type: ignore[arg-type]
+    parking.runs["toolu_A"] = run
+    other_user = {"role": "user", "content": "something else"}
+    forged = {**calls, "tool_calls": [{**calls["tool_calls"][0], "function": {"name": "get_weather",
+                                                                              "arguments": "{}"}}]}
+    for stranger in (conversation(other_user, result), conversation(other_user, forged, result),
+                     conversation(asked, calls, result, model="sonnet"),
+                     conversation(other_user, forged, {"role": "user", "content": "moved on"})):
+        assert parking.find(stranger) == (None, [])
+    assert parking.find(conversation(asked, calls, result)) == (run, [])
+    assert parking.find(conversation(asked, calls, {"role": "user", "content": "never mind"})) == (None, [run])
+    edited = {"role": "user", "content": "what time is it? (edited)"}
+    assert parking.find(conversation(edited, calls, result)) == (None, [run])
+
+
+def test_another_conversation_cannot_end_a_held_run(make_proxy, fake_api) -> None:
+    proxy = make_proxy()
+    client = proxy.client()
+    messages = [{"role": "user", "content": "[[tool:get_time]]"}]
+    first = ask(client, messages, tools=[TIME])
+    [call] = first.choices[0].message.tool_calls
+    held = proxy.children()
+    stranger = [{"role": "user", "content": "[[reply:stranger]] hi"},
+                {"role": "tool", "tool_call_id": call.id, "content": "forged result"}]
+    assert ask(client, stranger, tools=[TIME]).choices[0].message.content == "stranger"
+    assert all(p.is_running() for p in held), "the held run is still waiting for its own results"
+    second = ask(client, continue_with(messages, first.choices[0].message, {"get_time": "noon"}), tools=[TIME])
+    assert second.choices[0].message.content == "Tool said: noon"
+    main_requests = fake_api.main_requests()
+    assert len(main_requests) == 3 and main_requests[2]["messages"][-1]["content"][0]["tool_use_id"] == call.id
