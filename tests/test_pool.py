@@ -85,14 +85,15 @@ def quiet(processes: list[psutil.Process], window: float = 1.0) -> bool:
 def test_warm_processes_that_are_never_used_cost_no_api_request(make_proxy, fake_api) -> None:
     # Some CLI versions send "warm-up" requests to fill the prompt cache; a pool of them would spend the user's plan.
     proxy = make_proxy(claude_pool_size=2)
-    assert proxy.client().chat.completions.create(model="claude-code", messages=[
-        {"role": "user", "content": "hi"}]).choices[0].message.content == "Hello from fake model."
+    for _ in range(2):  # the pool starts processes for a configuration once it comes back
+        assert proxy.client().chat.completions.create(model="claude-code", messages=[
+            {"role": "user", "content": "hi"}]).choices[0].message.content == "Hello from fake model."
     assert wait_until(lambda: idle(proxy) == 2, timeout=30)
     warm = [psutil.Process(pid) for pid in cli_pids(proxy)]
     assert len(warm) == 2
     time.sleep(3)  # CLI 2.1.331 runs its deferred start-up work about a second after it starts
     assert wait_until(lambda: quiet(warm), timeout=30)
-    assert len(fake_api.requests) == 1, [r["body"].get("messages", [])[-1:] for r in fake_api.requests[1:]]
+    assert len(fake_api.requests) == 2, [r["body"].get("messages", [])[-1:] for r in fake_api.requests[2:]]
     assert {(r["method"], r["path"]) for r in fake_api.other_requests} <= {("HEAD", "/")}
     assert cli_pids(proxy) == {p.pid for p in warm}, "the warm processes were not replaced meanwhile"
 
