@@ -22,16 +22,16 @@ Contents, each section using only those above it:
     8. State on disk     private files written safely, the state directory, the session map, what a crash left
     9. Runs              Run and its states, admission
    10. Idle processes    the warm pool, sessions, parked runs
-   11. Runner            Processes (what the CLI offers, start/stop, the login check) and Runner (routing a
-                         conversation, keeping processes)
-   12. HTTP plumbing     guards, one log line and one ledger row per request, bodies, tokens, budgets, the stream
-                         driver shared by every door
-   13. Chat Completions  the OpenAI door: request models, parser, renderer, handler
-   14. Responses         the OpenAI Responses door (and Cursor's Responses-shaped chat requests)
-   15. Messages          the Anthropic Messages door, and count_tokens
-   16. Usage views       /v1/usage, /metrics (Prometheus), the /status page
-   17. The app           health, models, the MCP bridge, create_app (the routes)
-   18. Entry point       the server against slow and numerous connections, main
+   11. Processes         starting and stopping Claude Code, what the CLI offers (flags, models), the login check
+   12. Runner            routing a conversation to a process, and what becomes of a run: parked, kept or stopped
+   13. HTTP guards       no way in from a web page, one log line and one ledger row per request
+   14. Request to run    bodies, tokens, budgets, opening a run, the stream driver shared by every door
+   15. Chat Completions  the OpenAI door: request models, parser, renderer, handler
+   16. Responses         the OpenAI Responses door (and Cursor's Responses-shaped chat requests)
+   17. Messages          the Anthropic Messages door, and count_tokens
+   18. Usage views       /v1/usage, /metrics (Prometheus), the /status page
+   19. The app           health, models, the MCP bridge, create_app (the routes)
+   20. Entry point       the server against slow and numerous connections, main
 
 Run it with ``./run.sh`` (``./run.sh --help`` lists every setting; each flag has an environment variable).
 It listens on 127.0.0.1:18880 by default. Claude Code runs with permissions skipped unless CLAUDE_PERMISSION_MODE
@@ -2519,7 +2519,7 @@ class Parking:
         return len(self._timers)
 
 
-# ── 11. Runner: the one owner of Claude Code processes ────────────────────────
+# ── 11. Processes: starting, asking and stopping Claude Code ──────────────────
 
 
 class Processes:
@@ -2737,6 +2737,9 @@ class LoginCheck:
         self._checked = time.monotonic()
 
 
+# ── 12. Runner: routing a conversation, and what becomes of a run ─────────────
+
+
 class Runner:
     """Starts, routes, keeps and stops Claude Code processes for the app.
 
@@ -2952,7 +2955,7 @@ class Runner:
         await self.processes.stop_all()
 
 
-# ── 12. HTTP plumbing: guards, logging, bodies, the stream driver ─────────────
+# ── 13. HTTP guards and the request log ───────────────────────────────────────
 
 
 def app_state(request: Request) -> tuple[Settings, Runner]:
@@ -3130,6 +3133,9 @@ class BrowserGuard:
                 await error_response(refusal, door_of(scope["path"]))(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+# ── 14. From a request to a run: bodies, tokens, budgets, the stream driver ───
 
 
 async def read_json(request: Request, max_bytes: int) -> Any:
@@ -3416,7 +3422,7 @@ def sse(payload: dict[str, Any], event: str | None = None) -> str:
     return f"event: {event}\n{data}" if event else data
 
 
-# ── 13. OpenAI Chat Completions: parser, renderer, handler ────────────────────
+# ── 15. OpenAI Chat Completions: parser, renderer, handler ────────────────────
 # https://platform.openai.com/docs/api-reference/chat/create
 
 
@@ -3707,7 +3713,7 @@ async def chat_completion(request: Request, body: dict[str, Any]) -> Response:
     return await answer_as_chat(request, chat_conversation(req, settings), req.stream, include_usage)
 
 
-# ── 14. OpenAI Responses: parser, renderer, handler ───────────────────────────
+# ── 16. OpenAI Responses: parser, renderer, handler ───────────────────────────
 # https://platform.openai.com/docs/api-reference/responses/create — Codex, the Vercel AI SDK, the Agents SDK.
 
 
@@ -4020,7 +4026,7 @@ async def cursor_completion(request: Request, body: dict[str, Any]) -> Response:
     return await answer_as_chat(request, conversation, req.stream, include_usage)
 
 
-# ── 15. Anthropic Messages: parser, renderer, handlers ────────────────────────
+# ── 17. Anthropic Messages: parser, renderer, handlers ────────────────────────
 # https://docs.anthropic.com/en/api/messages — the Anthropic SDKs, ANTHROPIC_BASE_URL clients, agents.
 
 
@@ -4220,7 +4226,7 @@ async def count_tokens(request: Request) -> dict[str, int]:
     return {"input_tokens": max(1, math.ceil(characters / 4)) + images * TOKENS_PER_IMAGE}
 
 
-# ── 16. Usage views: /v1/usage, /metrics, /status ─────────────────────────────
+# ── 18. Usage views: /v1/usage, /metrics, /status ─────────────────────────────
 # What the ledger, the plan's limits and the Runner know: for programs (JSON, Prometheus) and for people (a page).
 
 TTFT_BUCKETS = (0.25, 0.5, 1, 2, 3, 5, 8, 13, 21, 34, 60)
@@ -4538,7 +4544,7 @@ async def status_logout(request: Request) -> Response:
     return response
 
 
-# ── 17. The app: health, models, the MCP bridge, routes ───────────────────────
+# ── 19. The app: health, models, the MCP bridge, routes ───────────────────────
 
 
 def model_card(model_id: str) -> dict[str, Any]:
@@ -4656,7 +4662,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     return app
 
 
-# ── 18. Entry point: the server, against slow and numerous connections ────────
+# ── 20. Entry point: the server, against slow and numerous connections ────────
 # uvicorn closes idle keep-alive connections (after 5 s) and refuses headers over 16 KiB (h11), but waits forever for
 # a request that is still arriving, and accepts connections until the process runs out of file descriptors.
 
