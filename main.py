@@ -840,7 +840,9 @@ class ClaudeProcess:
         self._stopping: asyncio.Task[None] | None = None
         self.interrupted: ProxyError | None = None
         self.bridge: ToolBridge | None = None
-        self.billed = 0.0  # the total_cost_usd of its last result: the CLI adds up the cost of all its turns
+        # The total_cost_usd of its last result: the CLI adds up the cost of all its turns (and, CLI 2.1.331, those
+        # of the session it resumed: see Processes.spent).
+        self.billed = 0.0
         self.cwd = workdir
         self.owns_cwd = False  # a conversation folder made for this process, removed with it unless a session keeps it
         self.launch = Launch()  # what it was started with
@@ -1238,7 +1240,7 @@ class Interpreter:
                  on_rate_limit: Callable[[Mapping[str, Any]], None] | None = None, structured: bool = False) -> None:
         self.show_activity = show_activity
         self.structured = structured  # the answer is the result's structured_output; the model's text is remarks
-        self.billed = billed  # the process's total_cost_usd so far (the CLI adds up the cost of all its turns)
+        self.billed = billed  # the process's total_cost_usd so far (see ClaudeProcess.billed)
         self.on_rate_limit = on_rate_limit  # told every rate_limit_info
         self.rate_limit: Mapping[str, Any] | None = None  # the latest one
         self.answer = Answer()
@@ -2159,6 +2161,17 @@ class Processes:
                 return payload
         return None
 
+    async def spent(self, process: ClaudeProcess) -> float:
+        """The total_cost_usd a process resuming a session starts from, asked before its first turn with a
+        `get_usage` control request (no API request): CLI 2.1.331 carries the session's total over from its
+        transcript, 2.1.197 starts from zero (measured). Zero when the CLI does not answer or has ended."""
+        try:
+            await process.send(control_request("usage", "get_usage"))
+            usage = await asyncio.wait_for(self._control_response(process, "usage"), CONTROL_WAIT_S)
+        except (ProxyError, asyncio.TimeoutError):
+            usage = None
+        return number(((usage or {}).get("session") or {}).get("total_cost_usd")) or 0.0
+
     async def spawn(self, launch: Launch) -> ClaudeProcess:
         """A new CLI process for `launch` with a private temporary directory (its working directory unless one is
         configured), removed when the process stops."""
@@ -2371,6 +2384,11 @@ class Runner:
         process = await self.processes.spawn(dataclasses.replace(launch, cwd=session.cwd, persist=True,
                                                        resume=session.session_id))
         process.owns_cwd = session.owned
+        try:
+            process.billed = await self.processes.spent(process)  # each answer's cost is its own share
+        except BaseException:
+            await self.processes.retire(process)
+            raise
         return process
 
     async def _begin(self, process: ClaudeProcess, content: list[dict[str, Any]], conversation: Conversation,
@@ -2412,7 +2430,8 @@ class Runner:
     async def _keep(self, run: Run) -> None:
         """Keep a finished run's session under the key of the conversation with its reply, and its process waiting
         on stdin; not with a per-request budget: --max-budget-usd counts the cost of all of a process's turns, and a
-        session resumed in a new process starts from zero (CLI 2.1.197)."""
+        session resumed in a new process starts from zero (CLI 2.1.197; 2.1.331 too, though its total_cost_usd
+        carries the session's earlier cost over)."""
         assert run.interpreter.session_id is not None
         reply = Turn("assistant", run.answer.text)
         key = prefix_keys(run.conversation.model, (*run.conversation.turns, reply))[-1]
