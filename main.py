@@ -1099,6 +1099,8 @@ def upstream_auth_error(detail: str) -> UpstreamAuthError:
 #    "rateLimitType": "five_hour", "utilization": 0.91, "isUsingOverage": false, "surpassedThreshold": 0.9}, ...}
 # "allowed" and "rejected" carry no utilization. The CLI emits one when what it knows changes (a new process: at its
 # first API answer); a "rejected" one comes before the result of the refused request (is_error, api_error_status 429).
+# CLI 2.1.331 adds every window the API reported, except in a "rejected" one: "unifiedWindows": {"five_hour":
+#   {"utilization": 0.91, "resetsAt": 1795570672, "surpassedThreshold": 0.9}, "seven_day": {"utilization": 0.42, ...}}
 LIMIT_NAMES = {"five_hour": "5-hour session limit", "seven_day": "weekly limit", "seven_day_opus": "weekly Opus limit",
                "seven_day_sonnet": "weekly Sonnet limit", "seven_day_overage_included": "weekly limit (overage)",
                "overage": "usage credit limit"}
@@ -1480,8 +1482,20 @@ class PlanLimits:
         self._logged: set[tuple[str, str, float | None]] = set()
 
     def note(self, info: Mapping[str, Any], now: float | None = None) -> None:
-        """A rate_limit_info Claude Code reported."""
+        """A rate_limit_info Claude Code reported: its limit, and every window it lists in unifiedWindows (CLI
+        2.1.331): the others "allowed", or "allowed_warning" past a threshold; the reported one gains its utilization,
+        which an "allowed" report leaves out."""
         now = time.time() if now is None else now
+        listed = info.get("unifiedWindows")
+        windows = {k: w for k, w in listed.items() if isinstance(w, dict)} if isinstance(listed, dict) else {}
+        lead = info.get("rateLimitType")
+        for kind, window in windows.items():
+            if kind != lead:
+                status = "allowed" if window.get("surpassedThreshold") is None else "allowed_warning"
+                self._note({**window, "rateLimitType": kind, "status": status}, now)
+        self._note({**windows.get(lead, {}), **info}, now)
+
+    def _note(self, info: Mapping[str, Any], now: float) -> None:
         kind, status = str(info.get("rateLimitType") or "unknown"), str(info.get("status") or "allowed")
         resets_at, utilization = number(info.get("resetsAt")), number(info.get("utilization"))
         old = self.windows.get(kind)

@@ -11,7 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fake_anthropic import DEFAULT_TEXT, FakeAnthropic, cli_environment, latest_user_text, run_cli, unified_headers
+from fake_anthropic import (DEFAULT_TEXT, FakeAnthropic, cli_environment, latest_user_text, lists_unified_windows,
+                            run_cli, unified_headers)
 
 
 @pytest.fixture
@@ -214,8 +215,8 @@ def subscription_env(tmp_path: Path, fake_api: FakeAnthropic) -> dict[str, str]:
     return cli_environment(str(home), fake_api.base_url, subscription=True)
 
 
-def test_plan_limit_headers_become_rate_limit_events_with_a_subscription(claude_bin, subscription_env, fake_api,
-                                                                        workdir):
+def test_plan_limit_headers_become_rate_limit_events_with_a_subscription(claude_bin, claude_version, subscription_env,
+                                                                        fake_api, workdir):
     reset, weekly = int(time.time()) + 3600, int(time.time()) + 3 * 86400
     fake_api.rate_limit = unified_headers("allowed", reset=reset, windows={
         "5h": {"utilization": 0.91, "reset": reset, "surpassed-threshold": 0.9},
@@ -223,12 +224,18 @@ def test_plan_limit_headers_become_rate_limit_events_with_a_subscription(claude_
     events = run_cli(claude_bin, subscription_env, "hi", cwd=workdir)
     assert events.result()["is_error"] is False
     [info] = rate_limit_events(events)
+    # CLI 2.1.331 adds every window the headers carry (unifiedWindows); 2.1.197 reports only the first one.
+    windows = {"five_hour": {"utilization": 0.91, "resetsAt": reset, "surpassedThreshold": 0.9},
+               "seven_day": {"utilization": 0.42, "resetsAt": weekly}}
+    assert info.pop("unifiedWindows", None) == (windows if lists_unified_windows(claude_version) else None)
     assert info == {"status": "allowed_warning", "resetsAt": reset, "rateLimitType": "five_hour", "utilization": 0.91,
                     "isUsingOverage": False, "surpassedThreshold": 0.9}
     assert fake_api.requests[0]["headers"]["authorization"] == "Bearer test-oauth-token"
 
     fake_api.rate_limit = unified_headers("allowed", reset=reset, windows={"5h": {"utilization": 0.2, "reset": reset}})
     [info] = rate_limit_events(run_cli(claude_bin, subscription_env, "hi", cwd=workdir))
+    windows = {"five_hour": {"utilization": 0.2, "resetsAt": reset}}
+    assert info.pop("unifiedWindows", None) == (windows if lists_unified_windows(claude_version) else None)
     assert info == {"status": "allowed", "resetsAt": reset, "rateLimitType": "five_hour", "isUsingOverage": False}
 
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fake_anthropic import run_cli, unified_headers
+from fake_anthropic import lists_unified_windows, run_cli, unified_headers
 from proxy_fixtures import fake_claude_calls
 from proxy_harness import wait_until
 from test_usage_units import read_only
@@ -175,16 +175,20 @@ def test_a_client_that_leaves_is_recorded(make_fake_proxy, tmp_path) -> None:
 # ── end to end: plan limits ──
 
 
-def test_plan_limits_are_passed_on_in_every_door_and_logged_once(make_proxy, fake_api) -> None:
-    reset = int(time.time()) + 3600
+def test_plan_limits_are_passed_on_in_every_door_and_logged_once(make_proxy, fake_api, claude_version) -> None:
+    reset, weekly = int(time.time()) + 3600, int(time.time()) + 3 * 86400
     fake_api.rate_limit = unified_headers("allowed", reset=reset, windows={
-        "5h": {"utilization": 0.91, "reset": reset, "surpassed-threshold": 0.9}})
+        "5h": {"utilization": 0.91, "reset": reset, "surpassed-threshold": 0.9},
+        "7d": {"utilization": 0.42, "reset": weekly}})
+    every_window = lists_unified_windows(claude_version)  # CLI 2.1.331 reports the weekly window too, 2.1.197 not
     proxy = make_proxy(**SUBSCRIPTION)
     first = chat(proxy)
     assert first.status_code == 200
     expected = {f"{UNIFIED}-status": "allowed_warning", f"{UNIFIED}-representative-claim": "five_hour",
                 f"{UNIFIED}-reset": str(reset), f"{UNIFIED}-5h-utilization": "0.91",
                 f"{UNIFIED}-5h-reset": str(reset), f"{UNIFIED}-5h-surpassed-threshold": "0.9"}
+    if every_window:
+        expected |= {f"{UNIFIED}-7d-utilization": "0.42", f"{UNIFIED}-7d-reset": str(weekly)}
     assert {k: v for k, v in first.headers.items() if k.startswith(UNIFIED)} == expected
     with httpx.stream("POST", proxy.url + CHAT, json={"model": "claude-code", "stream": True,
                                                       "messages": [{"role": "user", "content": "hi"}]}) as streamed:
@@ -194,8 +198,8 @@ def test_plan_limits_are_passed_on_in_every_door_and_logged_once(make_proxy, fak
     assert responses.status_code == 200 and responses.headers[f"{UNIFIED}-status"] == "allowed_warning"
     assert httpx.get(proxy.url + "/v1/models").headers[f"{UNIFIED}-status"] == "allowed_warning"
     assert proxy.output().count("Claude's 5-hour session limit is close (91% used)") == 1
-    [limit] = usage(proxy)["plan"]
-    assert (limit["limit"], limit["status"], limit["utilization"]) == ("five_hour", "allowed_warning", 0.91)
+    plan = [(limit["limit"], limit["status"], limit["utilization"]) for limit in usage(proxy)["plan"]]
+    assert plan == [("five_hour", "allowed_warning", 0.91), *([("seven_day", "allowed", 0.42)] if every_window else [])]
 
 
 def test_a_reached_plan_limit_refuses_at_once_until_it_resets(make_proxy, fake_api) -> None:
