@@ -1073,7 +1073,9 @@ class ClaudeProcess:
         self._stopping: asyncio.Task[None] | None = None
         self.interrupted: ProxyError | None = None
         self.bridge: ToolBridge | None = None
-        self.billed = 0.0  # the total_cost_usd of its last result: the CLI adds up the cost of all its turns
+        # The total_cost_usd of its last result: the CLI adds up the cost of all its turns (and, CLI 2.1.331, those
+        # of the session it resumed: see Processes.spent).
+        self.billed = 0.0
         self.cwd = workdir
         self.footprint: Footprint | None = None  # its saved session: removed with it unless a session keeps it
         self.launch = Launch()  # what it was started with
@@ -1336,6 +1338,8 @@ def upstream_auth_error(detail: str) -> UpstreamAuthError:
 #    "rateLimitType": "five_hour", "utilization": 0.91, "isUsingOverage": false, "surpassedThreshold": 0.9}, ...}
 # "allowed" and "rejected" carry no utilization. The CLI emits one when what it knows changes (a new process: at its
 # first API answer); a "rejected" one comes before the result of the refused request (is_error, api_error_status 429).
+# CLI 2.1.331 adds every window the API reported, except in a "rejected" one: "unifiedWindows": {"five_hour":
+#   {"utilization": 0.91, "resetsAt": 1795570672, "surpassedThreshold": 0.9}, "seven_day": {"utilization": 0.42, ...}}
 LIMIT_NAMES = {"five_hour": "5-hour session limit", "seven_day": "weekly limit", "seven_day_opus": "weekly Opus limit",
                "seven_day_sonnet": "weekly Sonnet limit", "seven_day_overage_included": "weekly limit (overage)",
                "overage": "usage credit limit"}
@@ -1477,7 +1481,7 @@ class Interpreter:
                  on_rate_limit: Callable[[Mapping[str, Any]], None] | None = None, structured: bool = False) -> None:
         self.show_activity = show_activity
         self.structured = structured  # the answer is the result's structured_output; the model's text is remarks
-        self.billed = billed  # the process's total_cost_usd so far (the CLI adds up the cost of all its turns)
+        self.billed = billed  # the process's total_cost_usd so far (see ClaudeProcess.billed)
         self.on_rate_limit = on_rate_limit  # told every rate_limit_info
         self.rate_limit: Mapping[str, Any] | None = None  # the latest one
         self.answer = Answer()
@@ -1717,8 +1721,20 @@ class PlanLimits:
         self._logged: set[tuple[str, str, float | None]] = set()
 
     def note(self, info: Mapping[str, Any], now: float | None = None) -> None:
-        """A rate_limit_info Claude Code reported."""
+        """A rate_limit_info Claude Code reported: its limit, and every window it lists in unifiedWindows (CLI
+        2.1.331): the others "allowed", or "allowed_warning" past a threshold; the reported one gains its utilization,
+        which an "allowed" report leaves out."""
         now = time.time() if now is None else now
+        listed = info.get("unifiedWindows")
+        windows = {k: w for k, w in listed.items() if isinstance(w, dict)} if isinstance(listed, dict) else {}
+        lead = info.get("rateLimitType")
+        for kind, window in windows.items():
+            if kind != lead:
+                status = "allowed" if window.get("surpassedThreshold") is None else "allowed_warning"
+                self._note({**window, "rateLimitType": kind, "status": status}, now)
+        self._note({**windows.get(lead, {}), **info}, now)
+
+    def _note(self, info: Mapping[str, Any], now: float) -> None:
         kind, status = str(info.get("rateLimitType") or "unknown"), str(info.get("status") or "allowed")
         resets_at, utilization = number(info.get("resetsAt")), number(info.get("utilization"))
         old = self.windows.get(kind)
@@ -2620,6 +2636,17 @@ class Processes:
                 return payload
         return None
 
+    async def spent(self, process: ClaudeProcess) -> float:
+        """The total_cost_usd a process resuming a session starts from, asked before its first turn with a
+        `get_usage` control request (no API request): CLI 2.1.331 carries the session's total over from its
+        transcript, 2.1.197 starts from zero (measured). Zero when the CLI does not answer or has ended."""
+        try:
+            await process.send(control_request("usage", "get_usage"))
+            usage = await asyncio.wait_for(self._control_response(process, "usage"), CONTROL_WAIT_S)
+        except (ProxyError, asyncio.TimeoutError):
+            usage = None
+        return number(((usage or {}).get("session") or {}).get("total_cost_usd")) or 0.0
+
     async def spawn(self, launch: Launch) -> ClaudeProcess:
         """A new CLI process for `launch` with a private temporary directory, removed when the process stops: its
         working directory, unless one is configured or sessions give it a conversation folder of its own."""
@@ -2866,8 +2893,15 @@ class Runner:
         if kept is not None and not (kept.running() and launch.same_run(kept.launch)):
             await self.processes.retire(kept)
             session.process = None
-        process = session.process or await self.processes.spawn(
-            dataclasses.replace(launch, cwd=session.cwd, persist=True, resume=session.session_id))
+        process = session.process
+        if process is None:
+            process = await self.processes.spawn(
+                dataclasses.replace(launch, cwd=session.cwd, persist=True, resume=session.session_id))
+            try:
+                process.billed = await self.processes.spent(process)  # each answer's cost is its own share
+            except BaseException:
+                await self.processes.retire(process)
+                raise
         process.footprint = session.footprint  # the conversation's files are the run's now, kept again with it
         return process
 
@@ -2910,7 +2944,8 @@ class Runner:
     async def _keep(self, run: Run) -> None:
         """Keep a finished run's session under the key of the conversation with its reply, and its process waiting
         on stdin; not with a per-request budget: --max-budget-usd counts the cost of all of a process's turns, and a
-        session resumed in a new process starts from zero (CLI 2.1.197)."""
+        session resumed in a new process starts from zero (CLI 2.1.197; 2.1.331 too, though its total_cost_usd
+        carries the session's earlier cost over)."""
         assert run.interpreter.session_id is not None
         reply = Turn("assistant", run.answer.text)
         key = prefix_keys(run.conversation.model, (*run.conversation.turns, reply))[-1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +33,13 @@ def claude_bin() -> str:
             return path
     pytest.fail("The Claude Code CLI for the end-to-end tests is missing: run ./tests/run.sh, which installs the "
                 "pinned version into tests/.cli and sets TEST_CLAUDE_BIN.")
+
+
+@pytest.fixture(scope="session")
+def claude_version(claude_bin: str) -> str:
+    """What the CLI under test says of its version, e.g. "2.1.331 (Claude Code)"."""
+    return subprocess.run([claude_bin, "--version"], capture_output=True, text=True, timeout=30,
+                          check=True).stdout.strip()
 
 
 @pytest.fixture

@@ -34,6 +34,9 @@ process: with its first API answer, after the first ``assistant`` event), measur
   status header says; its utilization and reset are that window's (``-7d-surpassed-threshold`` gives seven_day).
 * allowed: ``{"status": "allowed", "resetsAt": <-reset>, "rateLimitType": <-representative-claim>,
   "isUsingOverage": false}``: no utilization.
+* 2.1.331 adds, except when rejected, every window the headers carry (``lists_unified_windows``), measured:
+  ``"unifiedWindows": {"five_hour": {"utilization": 0.91, "resetsAt": 1795575734, "surpassedThreshold": 0.9},
+  "seven_day": {"utilization": 0.42, "resetsAt": 1795831334}}`` (a window without its headers is left out).
 * rejected: the same keys, status "rejected", before anything else of the run; then a synthetic ``assistant`` event
   (model "<synthetic>") and the result ``{"is_error": true, "api_error_status": 429, "result": "You've hit your
   session limit · resets 1:37am (UTC)"}`` ("weekly limit" for seven_day); the 429 is not retried.
@@ -327,6 +330,12 @@ def unified_headers(status: str = "allowed", claim: str = "five_hour", reset: fl
         for name, value in fields.items():
             headers[f"{UNIFIED}-{window}-{name}"] = str(int(value)) if name == "reset" else f"{value:g}"
     return headers
+
+
+def lists_unified_windows(cli_version: str) -> bool:
+    """Whether the CLI (its ``--version`` line) adds ``unifiedWindows`` to its rate_limit_info: 2.1.331 does, 2.1.197
+    does not (see the module docstring)."""
+    return not cli_version.startswith("2.1.197 ")
 
 
 def error_body(status: int) -> dict:

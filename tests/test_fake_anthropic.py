@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 import time
 import uuid
@@ -12,11 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fake_anthropic import DEFAULT_TEXT, FakeAnthropic, cli_environment, latest_user_text, run_cli, unified_headers
-
-
-def cli_version(claude_bin: str) -> str:
-    return subprocess.run([claude_bin, "--version"], capture_output=True, text=True, timeout=30).stdout
+from fake_anthropic import (DEFAULT_TEXT, FakeAnthropic, cli_environment, latest_user_text, lists_unified_windows,
+                            run_cli, unified_headers)
 
 
 @pytest.fixture
@@ -219,8 +215,8 @@ def subscription_env(tmp_path: Path, fake_api: FakeAnthropic) -> dict[str, str]:
     return cli_environment(str(home), fake_api.base_url, subscription=True)
 
 
-def test_plan_limit_headers_become_rate_limit_events_with_a_subscription(claude_bin, subscription_env, fake_api,
-                                                                        workdir):
+def test_plan_limit_headers_become_rate_limit_events_with_a_subscription(claude_bin, claude_version, subscription_env,
+                                                                        fake_api, workdir):
     reset, weekly = int(time.time()) + 3600, int(time.time()) + 3 * 86400
     fake_api.rate_limit = unified_headers("allowed", reset=reset, windows={
         "5h": {"utilization": 0.91, "reset": reset, "surpassed-threshold": 0.9},
@@ -228,12 +224,18 @@ def test_plan_limit_headers_become_rate_limit_events_with_a_subscription(claude_
     events = run_cli(claude_bin, subscription_env, "hi", cwd=workdir)
     assert events.result()["is_error"] is False
     [info] = rate_limit_events(events)
+    # CLI 2.1.331 adds every window the headers carry (unifiedWindows); 2.1.197 reports only the first one.
+    windows = {"five_hour": {"utilization": 0.91, "resetsAt": reset, "surpassedThreshold": 0.9},
+               "seven_day": {"utilization": 0.42, "resetsAt": weekly}}
+    assert info.pop("unifiedWindows", None) == (windows if lists_unified_windows(claude_version) else None)
     assert info == {"status": "allowed_warning", "resetsAt": reset, "rateLimitType": "five_hour", "utilization": 0.91,
                     "isUsingOverage": False, "surpassedThreshold": 0.9}
     assert fake_api.requests[0]["headers"]["authorization"] == "Bearer test-oauth-token"
 
     fake_api.rate_limit = unified_headers("allowed", reset=reset, windows={"5h": {"utilization": 0.2, "reset": reset}})
     [info] = rate_limit_events(run_cli(claude_bin, subscription_env, "hi", cwd=workdir))
+    windows = {"five_hour": {"utilization": 0.2, "resetsAt": reset}}
+    assert info.pop("unifiedWindows", None) == (windows if lists_unified_windows(claude_version) else None)
     assert info == {"status": "allowed", "resetsAt": reset, "rateLimitType": "five_hour", "isUsingOverage": False}
 
 
@@ -270,7 +272,7 @@ def test_plan_limit_headers_on_every_answer(fake_api):
     assert response.headers["anthropic-ratelimit-unified-status"] == "rejected"
 
 
-def test_title_request_is_a_side_request(claude_bin, cli_env, fake_api, workdir):
+def test_title_request_is_a_side_request(claude_bin, claude_version, cli_env, fake_api, workdir):
     del cli_env["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"]  # re-enables the title request (prompt >= 10 chars)
     result = run_cli(claude_bin, cli_env, "A prompt long enough for a title [[reply:ok!]]", cwd=workdir).result()
     assert result["result"] == "ok!"
@@ -279,7 +281,7 @@ def test_title_request_is_a_side_request(claude_bin, cli_env, fake_api, workdir)
     side = [r["body"] for r in fake_api.requests if r["body"] not in main]
     assert all(body.get("output_config", {}).get("format") and not body.get("tools") for body in side)
     # 2.1.197 asks for a session title; 2.1.331 sent none here.
-    assert len(side) == (1 if "2.1.197" in cli_version(claude_bin) else 0)
+    assert len(side) == (1 if claude_version.startswith("2.1.197 ") else 0)
 
 
 def test_several_cli_processes_at_once(claude_bin, cli_env, fake_api, workdir):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -76,7 +77,7 @@ def chat(proxy, content: str, **fields) -> httpx.Response:
     return httpx.post(proxy.url + "/v1/chat/completions", json=body, timeout=60)
 
 
-def test_the_status_page_in_chromium(make_proxy, fake_api, tmp_path) -> None:
+def test_the_status_page_in_chromium(make_proxy, fake_api, claude_version, tmp_path) -> None:
     browser = chromium()
     weekly = int(time.time()) + 3 * 86400 + 3600
     fake_api.rate_limit = unified_headers("allowed", claim="seven_day", reset=weekly, windows={
@@ -99,7 +100,8 @@ def test_the_status_page_in_chromium(make_proxy, fake_api, tmp_path) -> None:
     dom = browse(browser, proxy.url + "/status", tmp_path / "profile", "--dump-dom")
     page = Texts()
     page.feed(dom)
-    assert page.by_id["cli-version"] == "2.1.197 (Claude Code)"
+    assert re.fullmatch(r"\d+\.\d+\.\d+ \(Claude Code\)", claude_version)
+    assert page.by_id["cli-version"] == claude_version
     assert page.by_id["logged-in"].startswith("yes (oauth_token")
     assert page.by_id["warm"] == "1" and page.by_id["running"] == "0" and page.by_id["parked"] == "0"
     assert page.by_id["today-requests"] == "4" and page.by_id["today-errors"] == "1"

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fake_anthropic import unified_headers
+from fake_anthropic import lists_unified_windows, run_cli, unified_headers
 from proxy_fixtures import fake_claude_calls
 from proxy_harness import wait_until
 from test_usage_units import read_only
@@ -56,6 +56,13 @@ def ledger_rows(state_dir: Path, count: int) -> list[dict]:
 
     assert wait_until(lambda: len(rows()) >= count), rows()
     return rows()
+
+
+def cli_cost(claude_bin: str, cli_env: dict[str, str], folder: Path, prompt: str) -> float:
+    """What the CLI itself reports an answer costs, run on its own (each CLI version prices the model it defaults to
+    its own way: [[usage:1000,500,0,0]] is $0.0175 on 2.1.197, $0.014 on 2.1.331)."""
+    folder.mkdir(exist_ok=True)
+    return run_cli(claude_bin, cli_env, prompt, cwd=folder).result()["total_cost_usd"]
 
 
 def metric_samples(proxy) -> dict[tuple[str, tuple], float]:
@@ -168,16 +175,20 @@ def test_a_client_that_leaves_is_recorded(make_fake_proxy, tmp_path) -> None:
 # ── end to end: plan limits ──
 
 
-def test_plan_limits_are_passed_on_in_every_door_and_logged_once(make_proxy, fake_api) -> None:
-    reset = int(time.time()) + 3600
+def test_plan_limits_are_passed_on_in_every_door_and_logged_once(make_proxy, fake_api, claude_version) -> None:
+    reset, weekly = int(time.time()) + 3600, int(time.time()) + 3 * 86400
     fake_api.rate_limit = unified_headers("allowed", reset=reset, windows={
-        "5h": {"utilization": 0.91, "reset": reset, "surpassed-threshold": 0.9}})
+        "5h": {"utilization": 0.91, "reset": reset, "surpassed-threshold": 0.9},
+        "7d": {"utilization": 0.42, "reset": weekly}})
+    every_window = lists_unified_windows(claude_version)  # CLI 2.1.331 reports the weekly window too, 2.1.197 not
     proxy = make_proxy(**SUBSCRIPTION)
     first = chat(proxy)
     assert first.status_code == 200
     expected = {f"{UNIFIED}-status": "allowed_warning", f"{UNIFIED}-representative-claim": "five_hour",
                 f"{UNIFIED}-reset": str(reset), f"{UNIFIED}-5h-utilization": "0.91",
                 f"{UNIFIED}-5h-reset": str(reset), f"{UNIFIED}-5h-surpassed-threshold": "0.9"}
+    if every_window:
+        expected |= {f"{UNIFIED}-7d-utilization": "0.42", f"{UNIFIED}-7d-reset": str(weekly)}
     assert {k: v for k, v in first.headers.items() if k.startswith(UNIFIED)} == expected
     with httpx.stream("POST", proxy.url + CHAT, json={"model": "claude-code", "stream": True,
                                                       "messages": [{"role": "user", "content": "hi"}]}) as streamed:
@@ -187,8 +198,8 @@ def test_plan_limits_are_passed_on_in_every_door_and_logged_once(make_proxy, fak
     assert responses.status_code == 200 and responses.headers[f"{UNIFIED}-status"] == "allowed_warning"
     assert httpx.get(proxy.url + "/v1/models").headers[f"{UNIFIED}-status"] == "allowed_warning"
     assert proxy.output().count("Claude's 5-hour session limit is close (91% used)") == 1
-    [limit] = usage(proxy)["plan"]
-    assert (limit["limit"], limit["status"], limit["utilization"]) == ("five_hour", "allowed_warning", 0.91)
+    plan = [(limit["limit"], limit["status"], limit["utilization"]) for limit in usage(proxy)["plan"]]
+    assert plan == [("five_hour", "allowed_warning", 0.91), *([("seven_day", "allowed", 0.42)] if every_window else [])]
 
 
 def test_a_reached_plan_limit_refuses_at_once_until_it_resets(make_proxy, fake_api) -> None:
@@ -227,38 +238,46 @@ def test_a_reached_plan_limit_refuses_at_once_until_it_resets(make_proxy, fake_a
 # ── end to end: budgets ──
 
 
-def test_a_request_budget_ends_the_answer_and_conversations_still_continue(make_proxy, fake_api, tmp_path) -> None:
+def test_a_request_budget_ends_the_answer_and_conversations_still_continue(make_proxy, fake_api, claude_bin, cli_env,
+                                                                           tmp_path) -> None:
+    price, large = (cli_cost(claude_bin, cli_env, tmp_path / "alone", f"[[usage:1000,{n},0,0]] alone")
+                    for n in (500, 1000))
+    assert price < 0.02 < min(2 * price, large)  # one answer fits the budget; two, or the large one, do not
     state = tmp_path / "state"
     proxy = make_proxy(claude_max_budget_usd="0.02", claude_sessions="1", claude_state_dir=state)
     client = proxy.client()
     history = [{"role": "user", "content": "[[usage:1000,500,0,0]] one"}]
-    first = client.chat.completions.create(model="claude-code", messages=history)  # costs 0.0175
+    first = client.chat.completions.create(model="claude-code", messages=history)  # costs `price`
     assert first.choices[0].finish_reason == "stop"
     sessions = state / "sessions.json"
     assert wait_until(lambda: sessions.exists() and "session_id" in sessions.read_text(), timeout=10)  # released
     history += [{"role": "assistant", "content": first.choices[0].message.content},
                 {"role": "user", "content": "[[usage:1000,500,0,0]] two"}]
     second = client.chat.completions.create(model="claude-code", messages=history)
-    assert second.choices[0].finish_reason == "stop"  # 0.0175 again: not the process's 0.035 so far
+    # `price` again (the budget counts a resumed session's new turns only), though CLI 2.1.331's total_cost_usd for it
+    # is the session's 2 * price: each answer is billed its own share.
+    assert second.choices[0].finish_reason == "stop"
     over = client.chat.completions.create(model="claude-code", messages=[
-        {"role": "user", "content": "[[usage:1000,1000,0,0]] three"}])  # costs 0.03
+        {"role": "user", "content": "[[usage:1000,1000,0,0]] three"}])  # costs `large`
     assert over.choices[0].finish_reason == "length"
     rows = ledger_rows(state, 3)
     assert [r["route"] for r in rows] == ["new", "resumed", "new"]
     assert [r["finish"] for r in rows] == ["stop", "stop", "length"]
     assert rows[2]["reason"] == "Reached maximum budget ($0.02)" and rows[2]["error"] is None
-    assert [round(r["cost_usd"], 4) for r in rows] == [0.0175, 0.0175, 0.03]
+    assert [r["cost_usd"] for r in rows] == pytest.approx([price, price, large])
     assert rows[0]["conversation"] == rows[1]["conversation"] != rows[2]["conversation"]
 
 
-def test_a_daily_budget_refuses_once_spent(make_proxy, fake_api) -> None:
-    proxy = make_proxy(claude_daily_budget_usd="0.03")
+def test_a_daily_budget_refuses_once_spent(make_proxy, fake_api, claude_bin, cli_env, tmp_path) -> None:
+    price = cli_cost(claude_bin, cli_env, tmp_path / "alone", "[[usage:1000,500,0,0]] hi")
+    proxy = make_proxy(claude_daily_budget_usd=str(1.5 * price))  # spent after two answers, not after one
+    asked = len(fake_api.main_requests())
     for _ in range(2):
         assert chat(proxy, "[[usage:1000,500,0,0]] hi").status_code == 200
     refused = chat(proxy, "[[usage:1000,500,0,0]] hi")
     assert refused.status_code == 429 and refused.json()["error"]["code"] == "insufficient_quota"
-    assert len(fake_api.main_requests()) == 2
-    assert usage(proxy)["today"]["cost_usd"] == pytest.approx(0.035)
+    assert len(fake_api.main_requests()) == asked + 2
+    assert usage(proxy)["today"]["cost_usd"] == pytest.approx(2 * price)
 
 
 # ── end to end: the ledger, /v1/usage, /metrics ──
@@ -341,11 +360,13 @@ def test_the_ledger_and_totals_survive_a_restart(make_proxy, fake_api, tmp_path)
         assert chat(first, "[[usage:1000,500,0,0]] hi").status_code == 200
     before = usage(first)
     first.stop()
-    second = make_proxy(claude_state_dir=state, claude_daily_budget_usd="0.04")
+    spent = before["today"]["cost_usd"]
+    assert spent > 0 and before["totals"]["cost_usd"] == pytest.approx(spent)
+    second = make_proxy(claude_state_dir=state, claude_daily_budget_usd=str(1.25 * spent))  # room for one answer more
     assert usage(second)["totals"] == before["totals"] and before["totals"]["requests"] == 2
-    assert usage(second)["today"]["cost_usd"] == pytest.approx(0.035)
-    assert chat(second, "[[usage:1000,500,0,0]] hi").status_code == 200  # 0.035 < 0.04
-    assert chat(second, "hi").status_code == 429  # today's spending was reloaded from the ledger
+    assert usage(second)["today"]["cost_usd"] == pytest.approx(spent)
+    assert chat(second, "[[usage:1000,500,0,0]] hi").status_code == 200  # 2 answers' cost: within the budget
+    assert chat(second, "hi").status_code == 429  # 3 answers' cost: today's spending was reloaded from the ledger
     assert usage(second)["totals"]["requests"] == 4
     assert json.dumps(usage(second)["days"]).count('"claude-code"') == 1
 

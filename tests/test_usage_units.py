@@ -107,6 +107,30 @@ def test_report_lists_each_limit() -> None:
     ]
 
 
+def test_every_window_claude_code_lists_is_noted(caplog: pytest.LogCaptureFixture) -> None:
+    # CLI 2.1.331 adds unifiedWindows: every window the API's headers carried (tests/fake_anthropic.py).
+    limits = PlanLimits()
+    weekly = {"utilization": 0.42, "resetsAt": NOW + 86400}
+    with caplog.at_level(logging.WARNING, logger="claude_proxy"):
+        limits.note({**WARNING, "unifiedWindows": {"five_hour": {"utilization": 0.91, "resetsAt": NOW + 3600,
+                                                                 "surpassedThreshold": 0.9}, "seven_day": weekly,
+                                                   "seven_day_opus": {**weekly, "utilization": 0.8,
+                                                                      "surpassedThreshold": 0.75}}}, NOW)
+    assert {w.kind: (w.status, w.utilization, w.resets_at, w.threshold) for w in limits.windows.values()} == {
+        "five_hour": ("allowed_warning", 0.91, NOW + 3600, 0.9), "seven_day": ("allowed", 0.42, NOW + 86400, None),
+        "seven_day_opus": ("allowed_warning", 0.8, NOW + 86400, 0.75)}
+    assert [r.getMessage().split(";")[0] for r in caplog.records] == [
+        "Claude's weekly Opus limit is close (80% used)", "Claude's 5-hour session limit is close (91% used)"]
+    headers = dict(limits.headers(NOW + 1))
+    assert headers["anthropic-ratelimit-unified-7d-utilization"] == "0.42"
+    assert headers["anthropic-ratelimit-unified-7d_opus-surpassed-threshold"] == "0.75"
+    # An "allowed" report says no utilization; its window in unifiedWindows does.
+    limits.note({"status": "allowed", "resetsAt": NOW + 7200, "rateLimitType": "five_hour", "isUsingOverage": False,
+                 "unifiedWindows": {"five_hour": {"utilization": 0.2, "resetsAt": NOW + 7200}}}, NOW + 2)
+    assert (limits.windows["five_hour"].status, limits.windows["five_hour"].utilization) == ("allowed", 0.2)
+    assert limits.windows["seven_day"].utilization == 0.42  # a window left out is kept as last reported
+
+
 @pytest.mark.parametrize("seconds, text", [(30, "1 min"), (540, "9 min"), (3600, "1 h"), (3660, "1 h 1 min"),
                                            (90000, "1 d 1 h")])
 def test_span(seconds: float, text: str) -> None:
