@@ -1498,7 +1498,7 @@ class Interpreter:
 
     def next_answer(self) -> None:
         """Start the answer to the next request (a run continued with tool results)."""
-        self.answer, self.awaiting = Answer(), ()
+        self.answer, self.awaiting, self._blocks = Answer(), (), {}
 
     def feed(self, event: dict[str, Any]) -> list[AnswerEvent]:
         """The answer events one CLI event yields (often none)."""
@@ -2127,8 +2127,8 @@ class Background:
 
 
 class Admission:
-    """At most `running` runs at once and `waiting` in line; beyond that, Overloaded. Used as `async with`, or
-    as acquire() / release() when a slot outlives one block (a run holds its slot until it is closed)."""
+    """At most `running` runs at once and `waiting` in line; beyond that, Overloaded. acquire() and release() are
+    separate calls, not `async with`: a run holds its slot beyond the request that took it, until it is closed."""
 
     def __init__(self, running: int, waiting: int) -> None:
         self._slots = asyncio.Semaphore(running)
