@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: sets up everything on a fresh machine, then runs the whole suite.
 #   ./tests/run.sh                 all tests (unit, HTTP, end-to-end with the real Claude Code CLI)
-#   ./tests/run.sh -m "not e2e"    only the fast ones: no real Claude Code CLI (the e2e marker, see tests/conftest.py)
+#   ./tests/run.sh -m "not e2e"    only the fast ones: no real Claude Code CLI (the e2e marker, see tests/conftest.py);
+#                                  add -n 2 to run them in two workers (pytest-xdist)
 #   ./tests/run.sh -k stream       extra arguments go to pytest
 #   ./tests/run.sh --install-only  install what the tests need, run nothing (bench/bench.py uses this)
 #   ./tests/run.sh --oldest-cli -m e2e   the end-to-end tests against the oldest supported CLI instead (.ci/run)
