@@ -1442,8 +1442,9 @@ class Answer:
 
     @property
     def text(self) -> str:
-        """The text blocks, a blank line between two (as one message's content)."""
-        return "\n\n".join(block.text for block in self.of_kind("text"))
+        """The text blocks that have text, a blank line between two (as one message's content, and as the stream
+        separates them: see ChatRenderer.render)."""
+        return "\n\n".join(block.text for block in self.of_kind("text") if block.text)
 
 
 @dataclass(frozen=True)

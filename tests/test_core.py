@@ -156,3 +156,20 @@ def test_pool_targets_share_the_slots_round_robin_most_recent_first() -> None:
     for launch in [*launches, *launches]:  # each used twice: the pool keeps processes for them
         pool.learn(launch)
     assert pool.targets() == {launches[1]: 2, launches[0]: 1}
+
+
+def test_an_empty_text_block_adds_no_blank_line_to_the_answer_or_the_stream() -> None:
+    builder = main.Interpreter()
+    renderer = main.ChatRenderer("m")
+    events = [stream({"type": "content_block_start", "index": 0, "content_block": {"type": "text"}}),
+              stream({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "a"}}),
+              stream({"type": "content_block_stop", "index": 0}),
+              stream({"type": "content_block_start", "index": 1, "content_block": {"type": "text"}}),  # no deltas
+              stream({"type": "content_block_stop", "index": 1}),
+              stream({"type": "content_block_start", "index": 2, "content_block": {"type": "text"}}),
+              stream({"type": "content_block_delta", "index": 2, "delta": {"type": "text_delta", "text": "b"}}),
+              stream({"type": "content_block_stop", "index": 2})]
+    chunks = [c for e in events for a in builder.feed(e) for c in renderer.render(a, builder.answer)]
+    streamed = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+    assert streamed == builder.answer.text == "a\n\nb"
+    assert renderer.completion(builder.answer)["choices"][0]["message"]["content"] == "a\n\nb"
